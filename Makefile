@@ -1,0 +1,74 @@
+# The README's two commands: `make test` and `make demo`. Both set up everything from a clean
+# clone on Debian 12 (as root): system packages, virtualenvs, the C extension.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := test
+
+PYENV_ROOT ?= $(shell pyenv root 2>/dev/null || echo $(HOME)/.pyenv)
+PY311 ?= $(firstword $(wildcard $(PYENV_ROOT)/versions/3.11.*/bin/python3.11) $(shell command -v python3.11))
+PY312 ?= $(firstword $(wildcard $(PYENV_ROOT)/versions/3.12.*/bin/python3.12) $(shell command -v python3.12))
+
+DJANGO_52 := 5.2.19
+DJANGO_61 := 6.1.3
+DEB_PACKAGES := build-essential pkg-config libsodium-dev libsimdjson-dev zlib1g-dev libssl-dev valgrind
+
+VENV := .venv
+VENV312 := .venv312
+VENV_ASAN := .venv-asan
+BUILD_LOCK := flock /tmp/csessions-build.lock
+
+.PHONY: test demo build deps bench bench-check clean test-py test-django test-asan
+
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# venv name, interpreter, Django version
+define make_venv
+	@test -x $(1)/bin/python || $(2) -m venv $(1)
+	@$(1)/bin/python -m pip install -q --disable-pip-version-check "setuptools>=68" wheel "django==$(3)" \
+	  "pytest>=8" "hypothesis>=6.100" 2>&1 | grep -v "^WARNING: Location" || true
+endef
+
+$(VENV)/.ok: pyproject.toml Makefile
+	$(call make_venv,$(VENV),$(PY311),$(DJANGO_52))
+	@touch $@
+
+$(VENV312)/.ok: pyproject.toml Makefile
+	$(call make_venv,$(VENV312),$(PY312),$(DJANGO_61))
+	@touch $@
+
+$(VENV_ASAN)/.ok: pyproject.toml Makefile
+	$(call make_venv,$(VENV_ASAN),$(PY311),$(DJANGO_52))
+	@touch $@
+
+# In-place builds: tests import csessions from the checkout. Warnings are errors here.
+build: deps $(VENV)/.ok
+	$(BUILD_LOCK) env CSESSIONS_WERROR=1 $(VENV)/bin/python setup.py -q build_ext --inplace --build-temp build/py311
+
+test-py: build
+	$(VENV)/bin/python -m pytest -q tests
+
+test-django: build $(VENV312)/.ok
+	$(VENV)/bin/python tests/django_suite/run.py --django $(DJANGO_52)
+	$(BUILD_LOCK) env CSESSIONS_WERROR=1 $(VENV312)/bin/python setup.py -q build_ext --inplace --build-temp build/py312
+	$(VENV312)/bin/python -m pytest -q tests
+	$(VENV312)/bin/python tests/django_suite/run.py --django $(DJANGO_61)
+
+# The whole test suite again against an ASan + UBSan build; any report aborts the run.
+test-asan: deps $(VENV_ASAN)/.ok
+	$(BUILD_LOCK) bash -c 'rm -rf build/asan-lib && mkdir -p build/asan-lib && cp -r csessions build/asan-lib/ \
+	  && rm -f build/asan-lib/csessions/_core*.so \
+	  && CSESSIONS_WERROR=1 CSESSIONS_SANITIZE=1 $(VENV_ASAN)/bin/python setup.py -q build_ext --build-temp build/asan --build-lib build/asan-lib'
+	cd build && PYTHONPATH=$(CURDIR)/build/asan-lib CSESSIONS_EXPECT_PATH=$(CURDIR)/build/asan-lib LD_PRELOAD=$$(gcc -print-file-name=libasan.so):$$(gcc -print-file-name=libstdc++.so) \
+	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  CSESSIONS_SANITIZED=1 ../$(VENV_ASAN)/bin/python -m pytest -q -p no:cacheprovider -c ../pyproject.toml --rootdir .. ../tests
+
+test: test-py test-django test-asan
+	@echo "make test: all green"
+
+clean:
+	rm -rf build $(VENV) $(VENV312) $(VENV_ASAN) csessions/*.so .cache

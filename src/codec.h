@@ -1,0 +1,26 @@
+/* The signed-object codec of django.core.signing (TimestampSigner.sign_object and
+ * unsign_object with the JSON serializer), in C:
+ *
+ *     value = ["."] b64url(zlib?(json)) ":" base62(ts) ":" b64url(HMAC-SHA256(K, payload:ts))
+ *     K     = SHA256(salt "signer" secret)
+ *
+ * Keys derived from (salt, secret) are cached in the module state; the cache is keyed by
+ * the values themselves, so a changed SECRET_KEY simply misses.
+ */
+#ifndef CSESSIONS_CODEC_H
+#define CSESSIONS_CODEC_H
+
+#include "state.h"
+
+/* New reference to the signed str, or NULL with an exception set. */
+PyObject *cs_sign_object(cs_state *st, PyObject *obj, PyObject *secret, PyObject *salt,
+                         long long timestamp, int compress);
+
+/* New reference to the decoded object, or NULL with an exception set: the registered
+ * BadSignature / SignatureExpired types, or what Django's code raises for a validly
+ * signed but undecodable payload. max_age may be Py_None. */
+PyObject *cs_unsign_object(cs_state *st, PyObject *signed_value, PyObject *secret,
+                           PyObject *fallback_keys, PyObject *salt, PyObject *max_age,
+                           PyObject *now);
+
+#endif

@@ -1,0 +1,215 @@
+/* JSON decoding: simdjson validates and walks the document, the visitor below builds the
+ * Python objects. simdjson rejects everything it cannot represent exactly (NaN and
+ * Infinity, integers beyond 64 bits, out-of-range floats, lone surrogate escapes, nesting
+ * past its depth limit), and a rejected text goes through json.loads itself, so the
+ * result and the error are always json.loads's. Input with bytes >= 0x80 goes there
+ * directly: Django decodes latin-1, simdjson would read UTF-8.
+ *
+ * The builder keeps a stack of open containers. Each container is owned by its parent
+ * (or by `root`) from the moment it is created, so the stack holds borrowed pointers and
+ * an abort anywhere only has to drop `root` and any pending key.
+ */
+#include "json.h"
+
+typedef struct {
+    PyObject *container; /* borrowed: owned by its parent or by builder.root */
+    PyObject *key;       /* owned: the key whose value comes next (dicts only) */
+    int is_dict;
+} frame;
+
+typedef struct {
+    frame *stack;
+    int depth;
+    int cap;
+    PyObject *root; /* owned */
+    frame inline_stack[32];
+} builder;
+
+static int
+attach(builder *b, PyObject *v) /* steals v */
+{
+    if (v == NULL) {
+        return -1;
+    }
+    if (b->depth == 0) {
+        b->root = v;
+        return 0;
+    }
+    frame *f = &b->stack[b->depth - 1];
+    int rc;
+    if (f->is_dict) {
+        rc = PyDict_SetItem(f->container, f->key, v);
+        Py_CLEAR(f->key);
+    }
+    else {
+        rc = PyList_Append(f->container, v);
+    }
+    Py_DECREF(v);
+    return rc;
+}
+
+static int
+push(builder *b, PyObject *container, int is_dict) /* steals container */
+{
+    if (container == NULL) {
+        return -1;
+    }
+    if (Py_EnterRecursiveCall(" while decoding a JSON document")) {
+        Py_DECREF(container);
+        return -1;
+    }
+    if (b->depth == b->cap) {
+        int cap = b->cap * 2;
+        frame *stack = PyMem_Malloc(sizeof(frame) * cap);
+        if (stack == NULL) {
+            Py_LeaveRecursiveCall();
+            Py_DECREF(container);
+            PyErr_NoMemory();
+            return -1;
+        }
+        memcpy(stack, b->stack, sizeof(frame) * b->depth);
+        if (b->stack != b->inline_stack) {
+            PyMem_Free(b->stack);
+        }
+        b->stack = stack;
+        b->cap = cap;
+    }
+    if (attach(b, container) < 0) { /* the parent (or root) now owns it */
+        Py_LeaveRecursiveCall();
+        return -1;
+    }
+    b->stack[b->depth++] = (frame){container, NULL, is_dict};
+    return 0;
+}
+
+static int
+pop(void *ctx)
+{
+    builder *b = ctx;
+    b->depth--;
+    Py_LeaveRecursiveCall();
+    return 0;
+}
+
+static int on_null(void *ctx) { return attach(ctx, Py_NewRef(Py_None)); }
+static int on_bool(void *ctx, int v) { return attach(ctx, PyBool_FromLong(v)); }
+static int on_int64(void *ctx, int64_t v) { return attach(ctx, PyLong_FromLongLong(v)); }
+static int on_uint64(void *ctx, uint64_t v) { return attach(ctx, PyLong_FromUnsignedLongLong(v)); }
+static int on_double(void *ctx, double v) { return attach(ctx, PyFloat_FromDouble(v)); }
+
+static int
+on_string(void *ctx, const char *s, size_t len)
+{
+    return attach(ctx, PyUnicode_DecodeUTF8(s, (Py_ssize_t)len, NULL));
+}
+
+static int
+on_key(void *ctx, const char *s, size_t len)
+{
+    builder *b = ctx;
+    frame *f = &b->stack[b->depth - 1];
+    f->key = PyUnicode_DecodeUTF8(s, (Py_ssize_t)len, NULL);
+    return f->key == NULL ? -1 : 0;
+}
+
+static int on_start_array(void *ctx) { return push(ctx, PyList_New(0), 0); }
+static int on_start_object(void *ctx) { return push(ctx, PyDict_New(), 1); }
+
+static const cs_json_visitor visitor = {
+    .null_value = on_null,
+    .boolean = on_bool,
+    .int64 = on_int64,
+    .uint64 = on_uint64,
+    .dbl = on_double,
+    .string = on_string,
+    .key = on_key,
+    .start_array = on_start_array,
+    .end_array = pop,
+    .start_object = on_start_object,
+    .end_object = pop,
+};
+
+static int
+is_ascii(const char *buf, Py_ssize_t len)
+{
+    uint64_t acc = 0;
+    Py_ssize_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t w;
+        memcpy(&w, buf + i, 8);
+        acc |= w;
+    }
+    for (; i < len; i++) {
+        acc |= (unsigned char)buf[i];
+    }
+    return (acc & UINT64_C(0x8080808080808080)) == 0;
+}
+
+static PyObject *
+decode_exact(cs_state *st, const char *buf, Py_ssize_t len)
+{
+    PyObject *text = PyUnicode_DecodeLatin1(buf, len, NULL);
+    if (text == NULL) {
+        return NULL;
+    }
+    PyObject *result = PyObject_CallOneArg(st->json_loads, text);
+    Py_DECREF(text);
+    return result;
+}
+
+PyObject *
+cs_json_decode(cs_state *st, const char *buf, Py_ssize_t len)
+{
+    if (!is_ascii(buf, len)) {
+        return decode_exact(st, buf, len);
+    }
+    /* Building objects can run arbitrary finalizers, which may decode JSON again: such a
+     * nested call must not reuse the parser whose document is being walked. */
+    cs_json_parser *parser = st->parser;
+    int own_parser = st->parser_busy;
+    if (own_parser) {
+        parser = cs_json_parser_new();
+        if (parser == NULL) {
+            return PyErr_NoMemory();
+        }
+    }
+    else {
+        st->parser_busy = 1;
+    }
+
+    builder b = {.depth = 0, .cap = 32, .root = NULL};
+    b.stack = b.inline_stack;
+    int rc = cs_json_parse(parser, buf, (size_t)len, &visitor, &b);
+
+    for (; b.depth > 0; b.depth--) { /* only after an abort */
+        Py_XDECREF(b.stack[b.depth - 1].key);
+        Py_LeaveRecursiveCall();
+    }
+    if (b.stack != b.inline_stack) {
+        PyMem_Free(b.stack);
+    }
+    if (own_parser) {
+        cs_json_parser_free(parser);
+    }
+    else {
+        st->parser_busy = 0;
+    }
+
+    switch (rc) {
+    case CS_JSON_OK:
+        return b.root;
+    case CS_JSON_NOMEM:
+        Py_XDECREF(b.root);
+        return PyErr_NoMemory();
+    case CS_JSON_STOPPED:
+        Py_XDECREF(b.root);
+        if (PyErr_ExceptionMatches(PyExc_RecursionError)) {
+            PyErr_Clear(); /* json.loads decides what is too deep */
+            return decode_exact(st, buf, len);
+        }
+        return NULL;
+    default:
+        Py_XDECREF(b.root);
+        return decode_exact(st, buf, len);
+    }
+}

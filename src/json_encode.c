@@ -1,0 +1,405 @@
+/* JSON encoding, byte for byte json.dumps(obj, separators=(",", ":")), following
+ * CPython's Modules/_json.c: the same type tests in the same order (None, True, False,
+ * str, int, float, list/tuple, dict; anything else is rejected as the default
+ * JSONEncoder.default does), int.__repr__ and float.__repr__ for numbers whatever the
+ * subclass, ensure_ascii escaping with lowercase hex, NaN/Infinity allowed.
+ *
+ * Circular references: _json.c keeps a dict of the ids of the open containers; here the
+ * open containers are a stack of pointers (`open`), scanned linearly, which is cheaper at
+ * session depths and gives the same ValueError. No user Python code runs during encoding
+ * of exact dicts and lists, which is why borrowed references from PyDict_Next are safe.
+ */
+#include "json.h"
+
+typedef struct {
+    cs_buf *out;
+    PyObject **open; /* borrowed: containers being encoded, outermost first */
+    Py_ssize_t depth;
+    Py_ssize_t cap;
+    PyObject *inline_open[32];
+} encoder;
+
+static int encode_obj(encoder *e, PyObject *obj);
+
+static const char hexdigits[] = "0123456789abcdef";
+
+/* 0: copied as is; otherwise the character after the backslash ('u' for \u00XX). */
+static const char escape_table[128] = {
+    'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'b', 't', 'n', 'u', 'f', 'r', 'u', 'u',
+    'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u',
+    0, 0, '"', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, '\\', 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 'u', /* 0x7f: _json.c escapes DEL */
+};
+
+static inline char *
+put_u16(char *p, Py_UCS4 c)
+{
+    *p++ = '\\';
+    *p++ = 'u';
+    *p++ = hexdigits[(c >> 12) & 0xf];
+    *p++ = hexdigits[(c >> 8) & 0xf];
+    *p++ = hexdigits[(c >> 4) & 0xf];
+    *p++ = hexdigits[c & 0xf];
+    return p;
+}
+
+static int
+encode_str(cs_buf *out, PyObject *s)
+{
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s);
+    /* Worst case: every character a surrogate pair, 12 bytes. */
+    if (n > (PY_SSIZE_T_MAX - 2) / 12) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (PyUnicode_IS_ASCII(s)) {
+        const unsigned char *src = PyUnicode_1BYTE_DATA(s);
+        if (cs_buf_reserve(out, n * 6 + 2) < 0) {
+            return -1;
+        }
+        char *p = out->data + out->len;
+        *p++ = '"';
+        for (Py_ssize_t i = 0; i < n; i++) {
+            unsigned char c = src[i];
+            char esc = escape_table[c];
+            if (esc == 0) {
+                *p++ = (char)c;
+            }
+            else if (esc == 'u') {
+                p = put_u16(p, c);
+            }
+            else {
+                *p++ = '\\';
+                *p++ = esc;
+            }
+        }
+        *p++ = '"';
+        out->len = p - out->data;
+        return 0;
+    }
+    int kind = PyUnicode_KIND(s);
+    const void *data = PyUnicode_DATA(s);
+    if (cs_buf_reserve(out, n * 12 + 2) < 0) {
+        return -1;
+    }
+    char *p = out->data + out->len;
+    *p++ = '"';
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        if (c < 128) {
+            char esc = escape_table[c];
+            if (esc == 0) {
+                *p++ = (char)c;
+            }
+            else if (esc == 'u') {
+                p = put_u16(p, c);
+            }
+            else {
+                *p++ = '\\';
+                *p++ = esc;
+            }
+        }
+        else if (c >= 0x10000) {
+            Py_UCS4 v = c - 0x10000;
+            p = put_u16(p, 0xd800 | ((v >> 10) & 0x3ff));
+            p = put_u16(p, 0xdc00 | (v & 0x3ff));
+        }
+        else {
+            p = put_u16(p, c);
+        }
+    }
+    *p++ = '"';
+    out->len = p - out->data;
+    return 0;
+}
+
+static int
+append_repr(cs_buf *out, PyObject *repr) /* steals repr */
+{
+    if (repr == NULL) {
+        return -1;
+    }
+    Py_ssize_t n;
+    const char *s = PyUnicode_AsUTF8AndSize(repr, &n);
+    int rc = s == NULL ? -1 : cs_buf_append(out, s, n);
+    Py_DECREF(repr);
+    return rc;
+}
+
+static int
+encode_int(cs_buf *out, PyObject *obj)
+{
+    int overflow;
+    long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    if (overflow) {
+        return append_repr(out, PyLong_Type.tp_repr(obj)); /* int.__repr__, as _json.c */
+    }
+    if (v == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    char tmp[24];
+    char *end = tmp + sizeof(tmp);
+    char *p = end;
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    do {
+        *--p = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0) {
+        *--p = '-';
+    }
+    return cs_buf_append(out, p, end - p);
+}
+
+/* float.__repr__, with allow_nan's spellings for the non-finite. */
+static int
+encode_float(cs_buf *out, PyObject *obj)
+{
+    double d = PyFloat_AS_DOUBLE(obj);
+    if (!isfinite(d)) {
+        if (isnan(d)) {
+            return cs_buf_append(out, "NaN", 3);
+        }
+        return d > 0 ? cs_buf_append(out, "Infinity", 8) : cs_buf_append(out, "-Infinity", 9);
+    }
+    char *s = PyOS_double_to_string(d, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+    if (s == NULL) {
+        return -1;
+    }
+    int rc = cs_buf_append(out, s, (Py_ssize_t)strlen(s));
+    PyMem_Free(s);
+    return rc;
+}
+
+/* Marks obj as open. -1 with ValueError if it already is (a cycle), or RecursionError. */
+static int
+enter(encoder *e, PyObject *obj)
+{
+    for (Py_ssize_t i = 0; i < e->depth; i++) {
+        if (e->open[i] == obj) {
+            PyErr_SetString(PyExc_ValueError, "Circular reference detected");
+            return -1;
+        }
+    }
+    if (Py_EnterRecursiveCall(" while encoding a JSON object")) {
+        return -1;
+    }
+    if (e->depth == e->cap) {
+        Py_ssize_t cap = e->cap * 2;
+        PyObject **open = PyMem_Malloc(sizeof(PyObject *) * cap);
+        if (open == NULL) {
+            Py_LeaveRecursiveCall();
+            PyErr_NoMemory();
+            return -1;
+        }
+        memcpy(open, e->open, sizeof(PyObject *) * e->depth);
+        if (e->open != e->inline_open) {
+            PyMem_Free(e->open);
+        }
+        e->open = open;
+        e->cap = cap;
+    }
+    e->open[e->depth++] = obj;
+    return 0;
+}
+
+static void
+leave(encoder *e)
+{
+    e->depth--;
+    Py_LeaveRecursiveCall();
+}
+
+static int
+encode_list(encoder *e, PyObject *obj)
+{
+    PyObject *seq = PySequence_Fast(obj, "_iterencode_list needs a sequence"); /* new ref */
+    if (seq == NULL) {
+        return -1;
+    }
+    int rc = -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n == 0) {
+        rc = cs_buf_append(e->out, "[]", 2);
+        goto done;
+    }
+    if (enter(e, obj) < 0) {
+        goto done;
+    }
+    if (cs_buf_putc(e->out, '[') < 0) {
+        goto fail_open;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (i && cs_buf_putc(e->out, ',') < 0) {
+            goto fail_open;
+        }
+        if (encode_obj(e, PySequence_Fast_GET_ITEM(seq, i)) < 0) {
+            goto fail_open;
+        }
+    }
+    rc = cs_buf_putc(e->out, ']');
+fail_open:
+    leave(e);
+done:
+    Py_DECREF(seq);
+    return rc;
+}
+
+static int
+encode_key(cs_buf *out, PyObject *key)
+{
+    if (PyUnicode_Check(key)) {
+        return encode_str(out, key);
+    }
+    cs_buf tmp;
+    cs_buf_init(&tmp);
+    int rc;
+    if (PyFloat_Check(key)) {
+        rc = encode_float(&tmp, key);
+    }
+    else if (key == Py_True) {
+        rc = cs_buf_append(&tmp, "true", 4);
+    }
+    else if (key == Py_False) {
+        rc = cs_buf_append(&tmp, "false", 5);
+    }
+    else if (key == Py_None) {
+        rc = cs_buf_append(&tmp, "null", 4);
+    }
+    else if (PyLong_Check(key)) {
+        rc = encode_int(&tmp, key);
+    }
+    else {
+        PyErr_Format(PyExc_TypeError, "keys must be str, int, float, bool or None, not %.100s",
+                     Py_TYPE(key)->tp_name);
+        rc = -1;
+    }
+    /* The coerced key is plain ASCII without characters to escape. */
+    if (rc == 0) {
+        rc = cs_buf_putc(out, '"') < 0 || cs_buf_append(out, tmp.data, tmp.len) < 0 ||
+                     cs_buf_putc(out, '"') < 0
+                 ? -1
+                 : 0;
+    }
+    cs_buf_free(&tmp);
+    return rc;
+}
+
+static int
+encode_member(encoder *e, PyObject *key, PyObject *value, int first)
+{
+    if (!first && cs_buf_putc(e->out, ',') < 0) {
+        return -1;
+    }
+    if (encode_key(e->out, key) < 0 || cs_buf_putc(e->out, ':') < 0) {
+        return -1;
+    }
+    return encode_obj(e, value);
+}
+
+static int
+encode_dict(encoder *e, PyObject *obj)
+{
+    if (PyDict_GET_SIZE(obj) == 0) {
+        return cs_buf_append(e->out, "{}", 2);
+    }
+    if (enter(e, obj) < 0) {
+        return -1;
+    }
+    int rc = -1;
+    PyObject *items = NULL;
+    if (cs_buf_putc(e->out, '{') < 0) {
+        goto done;
+    }
+    if (PyDict_CheckExact(obj)) {
+        Py_ssize_t pos = 0;
+        PyObject *key, *value; /* borrowed */
+        int first = 1;
+        while (PyDict_Next(obj, &pos, &key, &value)) {
+            if (encode_member(e, key, value, first) < 0) {
+                goto done;
+            }
+            first = 0;
+        }
+    }
+    else {
+        /* A subclass may override items(); _json.c asks it too. */
+        items = PyMapping_Items(obj); /* new ref: a list of pairs */
+        if (items == NULL) {
+            goto done;
+        }
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
+            PyObject *item = PyList_GET_ITEM(items, i);
+            if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
+                PyErr_SetString(PyExc_ValueError, "items must return tuples of 2 elements");
+                goto done;
+            }
+            if (encode_member(e, PyTuple_GET_ITEM(item, 0), PyTuple_GET_ITEM(item, 1), i == 0) < 0) {
+                goto done;
+            }
+        }
+    }
+    rc = cs_buf_putc(e->out, '}');
+done:
+    Py_XDECREF(items);
+    leave(e);
+    return rc;
+}
+
+static int
+reject(PyObject *obj)
+{
+    PyObject *name = PyObject_GetAttrString((PyObject *)Py_TYPE(obj), "__name__");
+    if (name == NULL) {
+        return -1;
+    }
+    PyErr_Format(PyExc_TypeError, "Object of type %U is not JSON serializable", name);
+    Py_DECREF(name);
+    return -1;
+}
+
+static int
+encode_obj(encoder *e, PyObject *obj)
+{
+    if (obj == Py_None) {
+        return cs_buf_append(e->out, "null", 4);
+    }
+    if (obj == Py_True) {
+        return cs_buf_append(e->out, "true", 4);
+    }
+    if (obj == Py_False) {
+        return cs_buf_append(e->out, "false", 5);
+    }
+    if (PyUnicode_Check(obj)) {
+        return encode_str(e->out, obj);
+    }
+    if (PyLong_Check(obj)) {
+        return encode_int(e->out, obj);
+    }
+    if (PyFloat_Check(obj)) {
+        return encode_float(e->out, obj);
+    }
+    if (PyList_Check(obj) || PyTuple_Check(obj)) {
+        return encode_list(e, obj);
+    }
+    if (PyDict_Check(obj)) {
+        return encode_dict(e, obj);
+    }
+    return reject(obj);
+}
+
+int
+cs_json_encode(cs_buf *out, PyObject *obj)
+{
+    encoder e = {.out = out, .depth = 0, .cap = 32};
+    e.open = e.inline_open;
+    int rc = encode_obj(&e, obj);
+    if (e.open != e.inline_open) {
+        PyMem_Free(e.open);
+    }
+    return rc;
+}

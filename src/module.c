@@ -1,0 +1,298 @@
+/* csessions._core: the module object, its state, and the Python-facing functions.
+ *
+ * The core knows nothing about Django: bytes, str, dicts and numbers in and out. The
+ * Python layer reads settings and passes secrets, salts and times down, and registers
+ * the exception types to raise (set_error_types) so that errors are Django's own.
+ */
+#include <sodium.h>
+
+#include "codec.h"
+#include "hmac.h"
+#include "json.h"
+
+static PyObject *
+json_dumps(PyObject *module, PyObject *obj)
+{
+    (void)module;
+    cs_buf out;
+    cs_buf_init(&out);
+    PyObject *result = NULL;
+    if (cs_json_encode(&out, obj) == 0) {
+        result = PyBytes_FromStringAndSize(out.data, out.len);
+    }
+    cs_buf_free(&out);
+    return result;
+}
+
+static PyObject *
+json_loads(PyObject *module, PyObject *data)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    PyObject *result = cs_json_decode(cs_get_state(module), view.buf, view.len);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+static int
+check_nargs(const char *name, Py_ssize_t nargs, Py_ssize_t expected)
+{
+    if (nargs != expected) {
+        PyErr_Format(PyExc_TypeError, "%s() takes exactly %zd arguments (%zd given)", name,
+                     expected, nargs);
+        return -1;
+    }
+    return 0;
+}
+
+static int
+check_error_types(cs_state *st)
+{
+    if (st->bad_signature == NULL || st->signature_expired == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "csessions._core: set_error_types() was not called");
+        return -1;
+    }
+    return 0;
+}
+
+/* sign_object(obj, secret, salt, timestamp: int, compress: bool) -> str */
+static PyObject *
+sign_object(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (check_nargs("sign_object", nargs, 5) < 0) {
+        return NULL;
+    }
+    long long ts = PyLong_AsLongLong(args[3]);
+    if (ts == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    int compress = PyObject_IsTrue(args[4]);
+    if (compress < 0) {
+        return NULL;
+    }
+    return cs_sign_object(cs_get_state(module), args[0], args[1], args[2], ts, compress);
+}
+
+/* unsign_object(signed: str, secret, fallback_keys, salt, max_age or None, now: float) */
+static PyObject *
+unsign_object(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    cs_state *st = cs_get_state(module);
+    if (check_nargs("unsign_object", nargs, 6) < 0 || check_error_types(st) < 0) {
+        return NULL;
+    }
+    return cs_unsign_object(st, args[0], args[1], args[2], args[3], args[4], args[5]);
+}
+
+#define SESSION_KEY_LEN 32
+
+/* 32 characters of [a-z0-9], each uniform: random bytes >= 252 (= 7 * 36) are dropped. */
+static PyObject *
+new_session_key(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    static const char chars[] = "abcdefghijklmnopqrstuvwxyz0123456789";
+    PyObject *key = PyUnicode_New(SESSION_KEY_LEN, 127);
+    if (key == NULL) {
+        return NULL;
+    }
+    Py_UCS1 *out = PyUnicode_1BYTE_DATA(key);
+    unsigned char pool[48];
+    int have = 0;
+    size_t used = sizeof(pool);
+    while (have < SESSION_KEY_LEN) {
+        if (used == sizeof(pool)) {
+            randombytes_buf(pool, sizeof(pool));
+            used = 0;
+        }
+        unsigned char r = pool[used++];
+        if (r < 252) {
+            out[have++] = (Py_UCS1)chars[r % 36];
+        }
+    }
+    sodium_memzero(pool, sizeof(pool));
+    return key;
+}
+
+static PyObject *
+set_error_types(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (check_nargs("set_error_types", nargs, 2) < 0) {
+        return NULL;
+    }
+    for (int i = 0; i < 2; i++) {
+        if (!PyExceptionClass_Check(args[i])) {
+            PyErr_SetString(PyExc_TypeError, "set_error_types() takes two exception classes");
+            return NULL;
+        }
+    }
+    cs_state *st = cs_get_state(module);
+    Py_XSETREF(st->bad_signature, Py_NewRef(args[0]));
+    Py_XSETREF(st->signature_expired, Py_NewRef(args[1]));
+    Py_RETURN_NONE;
+}
+
+/* hmac_bench(backend: str, key: bytes, msg: bytes, iterations: int) -> seconds */
+static PyObject *
+hmac_bench(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (check_nargs("hmac_bench", nargs, 4) < 0) {
+        return NULL;
+    }
+    const char *backend = PyUnicode_AsUTF8(args[0]);
+    if (backend == NULL) {
+        return NULL;
+    }
+    if (!PyBytes_Check(args[1]) || !PyBytes_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "hmac_bench() takes bytes for key and msg");
+        return NULL;
+    }
+    long iterations = PyLong_AsLong(args[3]);
+    if (iterations == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    double seconds;
+    Py_BEGIN_ALLOW_THREADS
+    seconds = cs_hmac_bench(backend, (const unsigned char *)PyBytes_AS_STRING(args[1]),
+                            (size_t)PyBytes_GET_SIZE(args[1]),
+                            (const unsigned char *)PyBytes_AS_STRING(args[2]),
+                            (size_t)PyBytes_GET_SIZE(args[2]), iterations);
+    Py_END_ALLOW_THREADS
+    if (seconds < 0) {
+        PyErr_Format(PyExc_ValueError, "unknown backend %R (openssl or sodium)", args[0]);
+        return NULL;
+    }
+    return PyFloat_FromDouble(seconds);
+}
+
+static PyMethodDef core_methods[] = {
+    {"json_dumps", json_dumps, METH_O,
+     "json_dumps(obj) -> bytes, as json.dumps(obj, separators=(',', ':')).encode('latin-1')"},
+    {"json_loads", json_loads, METH_O,
+     "json_loads(data: bytes) -> object, as json.loads(data.decode('latin-1'))"},
+    {"sign_object", (PyCFunction)(void (*)(void))sign_object, METH_FASTCALL,
+     "sign_object(obj, secret, salt, timestamp, compress) -> str (TimestampSigner.sign_object)"},
+    {"unsign_object", (PyCFunction)(void (*)(void))unsign_object, METH_FASTCALL,
+     "unsign_object(signed, secret, fallback_keys, salt, max_age, now) -> object"},
+    {"new_session_key", new_session_key, METH_NOARGS,
+     "new_session_key() -> 32 random characters of [a-z0-9]"},
+    {"set_error_types", (PyCFunction)(void (*)(void))set_error_types, METH_FASTCALL,
+     "set_error_types(bad_signature, signature_expired): the exceptions unsign raises"},
+    {"hmac_bench", (PyCFunction)(void (*)(void))hmac_bench, METH_FASTCALL,
+     "hmac_bench(backend, key, msg, iterations) -> seconds, for the benchmark"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyObject *
+import_attr(const char *module, const char *name)
+{
+    PyObject *m = PyImport_ImportModule(module);
+    if (m == NULL) {
+        return NULL;
+    }
+    PyObject *attr = PyObject_GetAttrString(m, name);
+    Py_DECREF(m);
+    return attr;
+}
+
+static int
+core_exec(PyObject *module)
+{
+    cs_state *st = cs_get_state(module);
+    if (sodium_init() < 0) {
+        PyErr_SetString(PyExc_ImportError, "csessions: libsodium failed to initialise");
+        return -1;
+    }
+    st->key_cache = PyDict_New();
+    st->json_loads = import_attr("json", "loads");
+    st->b64decode = import_attr("base64", "urlsafe_b64decode");
+    st->zlib_decompress = import_attr("zlib", "decompress");
+    if (!st->key_cache || !st->json_loads || !st->b64decode || !st->zlib_decompress) {
+        return -1;
+    }
+    st->parser = cs_json_parser_new();
+    if (st->parser == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return PyModule_AddStringConstant(module, "ZLIB_VERSION", zlibVersion()) < 0 ||
+                   PyModule_AddStringConstant(module, "SODIUM_VERSION",
+                                              sodium_version_string()) < 0
+               ? -1
+               : 0;
+}
+
+static int
+core_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    cs_state *st = cs_get_state(module);
+    Py_VISIT(st->bad_signature);
+    Py_VISIT(st->signature_expired);
+    Py_VISIT(st->key_cache);
+    Py_VISIT(st->json_loads);
+    Py_VISIT(st->b64decode);
+    Py_VISIT(st->zlib_decompress);
+    return 0;
+}
+
+static int
+core_clear(PyObject *module)
+{
+    cs_state *st = cs_get_state(module);
+    Py_CLEAR(st->bad_signature);
+    Py_CLEAR(st->signature_expired);
+    Py_CLEAR(st->key_cache);
+    Py_CLEAR(st->json_loads);
+    Py_CLEAR(st->b64decode);
+    Py_CLEAR(st->zlib_decompress);
+    return 0;
+}
+
+static void
+core_free(void *module)
+{
+    core_clear((PyObject *)module);
+    cs_state *st = cs_get_state((PyObject *)module);
+    if (st->parser != NULL) {
+        cs_json_parser_free(st->parser);
+        st->parser = NULL;
+    }
+    if (st->deflater_ready) {
+        deflateEnd(&st->deflater);
+        st->deflater_ready = 0;
+    }
+    if (st->inflater_ready) {
+        inflateEnd(&st->inflater);
+        st->inflater_ready = 0;
+    }
+}
+
+static PyModuleDef_Slot core_slots[] = {
+    {Py_mod_exec, core_exec},
+#if PY_VERSION_HEX >= 0x030C0000
+    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
+#endif
+    {0, NULL},
+};
+
+static struct PyModuleDef core_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "csessions._core",
+    .m_doc = "The C core of csessions: JSON, signing codec, session keys.",
+    .m_size = sizeof(cs_state),
+    .m_methods = core_methods,
+    .m_slots = core_slots,
+    .m_traverse = core_traverse,
+    .m_clear = core_clear,
+    .m_free = core_free,
+};
+
+PyMODINIT_FUNC
+PyInit__core(void)
+{
+    return PyModuleDef_Init(&core_module);
+}
