@@ -51,6 +51,7 @@ build: deps $(VENV)/.ok
 
 test-py: build
 	$(VENV)/bin/python -m pytest -q tests
+	$(VENV)/bin/python -m pytest -q example/test_example.py
 
 test-django: build $(VENV312)/.ok
 	$(VENV)/bin/python tests/django_suite/run.py --django $(DJANGO_52)
@@ -67,8 +68,20 @@ test-asan: deps $(VENV_ASAN)/.ok
 	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  CSESSIONS_SANITIZED=1 ../$(VENV_ASAN)/bin/python -m pytest -q -p no:cacheprovider -c ../pyproject.toml --rootdir .. ../tests
 
-test: test-py test-django test-asan
+test: test-py test-django test-asan bench-check
 	@echo "make test: all green"
+
+# The example site on http://127.0.0.1:8000 (CSESSIONS_ENGINE picks the engine).
+demo: build
+	cd example && ../$(VENV)/bin/python manage.py runserver 127.0.0.1:8000
+
+bench: build
+	@$(VENV)/bin/python -m pip install -q --disable-pip-version-check "matplotlib>=3.8" 2>&1 | grep -v "^WARNING: Location" || true
+	$(VENV)/bin/python bench/run.py
+
+# Fast regression check (CI): no csessions operation slower than its Django twin.
+bench-check: build
+	$(VENV)/bin/python bench/check.py
 
 clean:
 	rm -rf build $(VENV) $(VENV312) $(VENV_ASAN) csessions/*.so .cache

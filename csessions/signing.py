@@ -7,11 +7,11 @@ Django's own code unchanged.
 import datetime
 import time
 
-from django.conf import settings
 from django.core import signing as _django
 from django.core.signing import BadSignature, SignatureExpired  # noqa: F401  (re-exported)
 
 from csessions import _core
+from csessions.conf import setting
 from csessions.serializers import JSONSerializer
 
 _core.set_error_types(BadSignature, SignatureExpired)
@@ -25,14 +25,14 @@ def dumps(obj, key=None, salt="django.core.signing", serializer=JSONSerializer, 
     if serializer not in _C_SERIALIZERS:
         return _django.dumps(obj, key=key, salt=salt, serializer=serializer, compress=compress)
     return _core.sign_object(
-        obj, key or settings.SECRET_KEY, salt or _DEFAULT_SALT, int(time.time()), compress
+        obj, key or setting("SECRET_KEY"), salt or _DEFAULT_SALT, int(time.time()), compress
     )
 
 
 def loads(
     s, key=None, salt="django.core.signing", serializer=JSONSerializer, max_age=None, fallback_keys=None
 ):
-    if serializer not in _C_SERIALIZERS:
+    if serializer not in _C_SERIALIZERS or type(s) is not str:
         return _django.loads(
             s, key=key, salt=salt, serializer=serializer, max_age=max_age, fallback_keys=fallback_keys
         )
@@ -40,8 +40,8 @@ def loads(
         max_age = max_age.total_seconds()
     return _core.unsign_object(
         s,
-        key or settings.SECRET_KEY,
-        settings.SECRET_KEY_FALLBACKS if fallback_keys is None else fallback_keys,
+        key or setting("SECRET_KEY"),
+        setting("SECRET_KEY_FALLBACKS") if fallback_keys is None else fallback_keys,
         salt or _DEFAULT_SALT,
         max_age,
         time.time(),

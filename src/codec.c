@@ -40,16 +40,25 @@ b64_encode(char *dst, const unsigned char *src, Py_ssize_t n)
     return dst;
 }
 
-static int8_t
-b64_value(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z') return (int8_t)(c - 'A');
-    if (c >= 'a' && c <= 'z') return (int8_t)(c - 'a' + 26);
-    if (c >= '0' && c <= '9') return (int8_t)(c - '0' + 52);
-    if (c == '-') return 62;
-    if (c == '_') return 63;
-    return -1;
-}
+/* base64url value of each byte, -1 outside the alphabet. */
+static const int8_t b64_values[256] = {
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 62, -1, -1,
+    52, 53, 54, 55, 56, 57, 58, 59, 60, 61, -1, -1, -1, -1, -1, -1,
+    -1,  0,  1,  2,  3,  4,  5,  6,  7,  8,  9, 10, 11, 12, 13, 14,
+    15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, -1, -1, -1, -1, 63,
+    -1, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40,
+    41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+};
 
 /* Decodes the strict alphabet into out. Returns 0, or 1 when the text needs Python's
  * lenient decoder (a character outside the alphabet, or a length it rejects), or -1
@@ -64,19 +73,28 @@ b64_decode_fast(cs_buf *out, const unsigned char *src, Py_ssize_t n)
         return -1;
     }
     unsigned char *dst = (unsigned char *)out->data + out->len;
-    uint32_t acc = 0;
-    int bits = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        int8_t v = b64_value(src[i]);
-        if (v < 0) {
+    Py_ssize_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        int32_t a = b64_values[src[i]], b = b64_values[src[i + 1]];
+        int32_t c = b64_values[src[i + 2]], d = b64_values[src[i + 3]];
+        if ((a | b | c | d) < 0) {
             return 1;
         }
-        acc = (acc << 6) | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            *dst++ = (unsigned char)(acc >> bits);
-            acc &= (1u << bits) - 1;
+        uint32_t v = (uint32_t)a << 18 | (uint32_t)b << 12 | (uint32_t)c << 6 | (uint32_t)d;
+        *dst++ = (unsigned char)(v >> 16);
+        *dst++ = (unsigned char)(v >> 8);
+        *dst++ = (unsigned char)v;
+    }
+    if (n - i >= 2) { /* 2 or 3 characters left: 1 or 2 bytes */
+        int32_t a = b64_values[src[i]], b = b64_values[src[i + 1]];
+        int32_t c = n - i == 3 ? b64_values[src[i + 2]] : 0;
+        if ((a | b | c) < 0) {
+            return 1;
+        }
+        uint32_t v = (uint32_t)a << 18 | (uint32_t)b << 12 | (uint32_t)c << 6;
+        *dst++ = (unsigned char)(v >> 16);
+        if (n - i == 3) {
+            *dst++ = (unsigned char)(v >> 8);
         }
     }
     out->len = (char *)dst - out->data;
@@ -117,6 +135,58 @@ b62_encode(char *dst, long long n)
     size_t len = (size_t)(tmp + sizeof(tmp) - p);
     memcpy(dst, p, len);
     return dst + len;
+}
+
+/* b62_encode of an int too large for long long, digit by digit with Python arithmetic.
+ * Appends to out; returns 0, or -1 with an exception set. */
+static int
+b62_encode_big(cs_buf *out, PyObject *n)
+{
+    int rc = -1;
+    cs_buf digits;
+    cs_buf_init(&digits);
+    PyObject *base = PyLong_FromLong(62);
+    PyObject *zero = PyLong_FromLong(0);
+    int negative = zero ? PyObject_RichCompareBool(n, zero, Py_LT) : -1;
+    PyObject *rest = negative == 1 ? PyNumber_Negative(n) : (negative == 0 ? Py_NewRef(n) : NULL);
+    if (base == NULL || rest == NULL) {
+        goto done;
+    }
+    for (;;) {
+        PyObject *qr = PyNumber_Divmod(rest, base); /* new ref: (q, r) */
+        if (qr == NULL) {
+            goto done;
+        }
+        long r = PyLong_AsLong(PyTuple_GET_ITEM(qr, 1));
+        Py_SETREF(rest, Py_NewRef(PyTuple_GET_ITEM(qr, 0)));
+        Py_DECREF(qr);
+        if (cs_buf_putc(&digits, b62_alphabet[r]) < 0) {
+            goto done;
+        }
+        int more = PyObject_IsTrue(rest);
+        if (more < 0) {
+            goto done;
+        }
+        if (!more) {
+            break;
+        }
+    }
+    if (negative && cs_buf_putc(out, '-') < 0) {
+        goto done;
+    }
+    if (cs_buf_reserve(out, digits.len) < 0) {
+        goto done;
+    }
+    for (Py_ssize_t i = digits.len - 1; i >= 0; i--) {
+        out->data[out->len++] = digits.data[i];
+    }
+    rc = 0;
+done:
+    Py_XDECREF(rest);
+    Py_XDECREF(base);
+    Py_XDECREF(zero);
+    cs_buf_free(&digits);
+    return rc;
 }
 
 /* django.core.signing.b62_decode, with its errors (IndexError for "", ValueError for a
@@ -355,7 +425,7 @@ inflate_into(cs_state *st, cs_buf *out, const unsigned char *in, Py_ssize_t n)
 
 PyObject *
 cs_sign_object(cs_state *st, PyObject *obj, PyObject *secret, PyObject *salt,
-               long long timestamp, int compress)
+               PyObject *timestamp, int compress)
 {
     PyObject *result = NULL;
     cs_buf json, packed, out;
@@ -378,6 +448,11 @@ cs_sign_object(cs_state *st, PyObject *obj, PyObject *secret, PyObject *salt,
             dotted = 1;
         }
     }
+    int overflow;
+    long long ts = PyLong_AsLongLongAndOverflow(timestamp, &overflow);
+    if (ts == -1 && PyErr_Occurred()) {
+        goto done;
+    }
     /* '.' + payload + ':' + ts (<= 12) + ':' + signature */
     if (cs_buf_reserve(&out, 1 + b64_encoded_len(n) + 1 + 13 + 1 + SIG_LEN) < 0) {
         goto done;
@@ -388,7 +463,16 @@ cs_sign_object(cs_state *st, PyObject *obj, PyObject *secret, PyObject *salt,
     }
     p = b64_encode(p, (const unsigned char *)data, n);
     *p++ = ':';
-    p = b62_encode(p, timestamp);
+    if (overflow) {
+        out.len = p - out.data;
+        if (b62_encode_big(&out, timestamp) < 0 || cs_buf_reserve(&out, 1 + SIG_LEN) < 0) {
+            goto done;
+        }
+        p = out.data + out.len;
+    }
+    else {
+        p = b62_encode(p, ts);
+    }
     Py_ssize_t signed_len = p - out.data;
     *p++ = ':';
     if (signature(st, salt, secret, out.data, signed_len, p) < 0) {
@@ -505,6 +589,15 @@ cs_unsign_object(cs_state *st, PyObject *signed_value, PyObject *secret,
                      Py_TYPE(signed_value)->tp_name);
         return NULL;
     }
+    /* Django looks for the separator before anything can fail to encode. */
+    Py_ssize_t found = PyUnicode_FindChar(signed_value, ':', 0, PY_SSIZE_T_MAX, -1);
+    if (found == -1) {
+        PyErr_SetString(st->bad_signature, "No \":\" found in value");
+        return NULL;
+    }
+    if (found == -2) {
+        return NULL;
+    }
     Py_ssize_t n, vlen;
     const char *s = PyUnicode_AsUTF8AndSize(signed_value, &n); /* borrowed, cached in the str */
     if (s == NULL) {
@@ -562,7 +655,7 @@ cs_unsign_object(cs_state *st, PyObject *signed_value, PyObject *secret,
                 goto done;
             }
             /* Raises zlib.error with zlib.decompress's own message. */
-            Py_SETREF(exact, PyObject_CallOneArg(st->zlib_decompress, compressed));
+            Py_XSETREF(exact, PyObject_CallOneArg(st->zlib_decompress, compressed));
             Py_DECREF(compressed);
             if (exact == NULL) {
                 goto done;

@@ -14,7 +14,7 @@
 
 /* New reference to the signed str, or NULL with an exception set. */
 PyObject *cs_sign_object(cs_state *st, PyObject *obj, PyObject *secret, PyObject *salt,
-                         long long timestamp, int compress);
+                         PyObject *timestamp, int compress);
 
 /* New reference to the decoded object, or NULL with an exception set: the registered
  * BadSignature / SignatureExpired types, or what Django's code raises for a validly

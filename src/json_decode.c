@@ -7,7 +7,11 @@
  *
  * The builder keeps a stack of open containers. Each container is owned by its parent
  * (or by `root`) from the moment it is created, so the stack holds borrowed pointers and
- * an abort anywhere only has to drop `root` and any pending key.
+ * an abort anywhere only has to drop `root`, any pending key and the key memo.
+ *
+ * Sessions repeat keys ("sku", "qty" in every cart item): a small direct-mapped memo,
+ * as json's scanner keeps, hands out one str per distinct key, so each is allocated and
+ * hashed once per document.
  */
 #include "json.h"
 
@@ -17,11 +21,15 @@ typedef struct {
     int is_dict;
 } frame;
 
+#define MEMO_SLOTS 64
+#define MEMO_MAX_LEN 32
+
 typedef struct {
     frame *stack;
     int depth;
     int cap;
-    PyObject *root; /* owned */
+    PyObject *root;              /* owned */
+    PyObject *memo[MEMO_SLOTS]; /* owned: recent keys, by a hash of their bytes */
     frame inline_stack[32];
 } builder;
 
@@ -108,8 +116,28 @@ on_key(void *ctx, const char *s, size_t len)
 {
     builder *b = ctx;
     frame *f = &b->stack[b->depth - 1];
+    if (len > MEMO_MAX_LEN) {
+        f->key = PyUnicode_DecodeUTF8(s, (Py_ssize_t)len, NULL);
+        return f->key == NULL ? -1 : 0;
+    }
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (size_t i = 0; i < len; i++) {
+        h = (h ^ (unsigned char)s[i]) * 16777619u;
+    }
+    PyObject **slot = &b->memo[h % MEMO_SLOTS];
+    PyObject *cached = *slot;
+    if (cached != NULL && PyUnicode_IS_ASCII(cached) &&
+        PyUnicode_GET_LENGTH(cached) == (Py_ssize_t)len &&
+        memcmp(PyUnicode_1BYTE_DATA(cached), s, len) == 0) {
+        f->key = Py_NewRef(cached);
+        return 0;
+    }
     f->key = PyUnicode_DecodeUTF8(s, (Py_ssize_t)len, NULL);
-    return f->key == NULL ? -1 : 0;
+    if (f->key == NULL) {
+        return -1;
+    }
+    Py_XSETREF(*slot, Py_NewRef(f->key));
+    return 0;
 }
 
 static int on_start_array(void *ctx) { return push(ctx, PyList_New(0), 0); }
@@ -177,7 +205,7 @@ cs_json_decode(cs_state *st, const char *buf, Py_ssize_t len)
         st->parser_busy = 1;
     }
 
-    builder b = {.depth = 0, .cap = 32, .root = NULL};
+    builder b = {.depth = 0, .cap = 32, .root = NULL, .memo = {NULL}};
     b.stack = b.inline_stack;
     int rc = cs_json_parse(parser, buf, (size_t)len, &visitor, &b);
 
@@ -187,6 +215,9 @@ cs_json_decode(cs_state *st, const char *buf, Py_ssize_t len)
     }
     if (b.stack != b.inline_stack) {
         PyMem_Free(b.stack);
+    }
+    for (int i = 0; i < MEMO_SLOTS; i++) {
+        Py_XDECREF(b.memo[i]);
     }
     if (own_parser) {
         cs_json_parser_free(parser);

@@ -9,6 +9,8 @@
  * session depths and gives the same ValueError. No user Python code runs during encoding
  * of exact dicts and lists, which is why borrowed references from PyDict_Next are safe.
  */
+#include <math.h>
+
 #include "json.h"
 
 typedef struct {
@@ -155,6 +157,53 @@ encode_int(cs_buf *out, PyObject *obj)
     return cs_buf_append(out, p, end - p);
 }
 
+static const double pow10[] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7};
+
+/* repr() of a float in [1e-4, 1e6) with at most 7 decimals, such as prices and ages,
+ * without dtoa. Returns the length written to buf (<= 16), or 0 to let dtoa decide.
+ *
+ * Why it is exact: for |d| < 1e6 one ulp is below 1.2e-10, far finer than the 1e-7
+ * spacing of 7-decimal numbers, so at most one p-decimal number rounds to d, and it is
+ * m = round(d * 10**p). m < 2**53 and 10**p are exact doubles and IEEE division is
+ * correctly rounded, so m / 10**p == d is precisely the round-trip test repr uses, and
+ * the smallest such p gives repr's shortest digits (fixed notation in this range). */
+static int
+float_repr_fast(double d, char *buf)
+{
+    double a = fabs(d);
+    if (!(a >= 1e-4 && a < 1e6)) {
+        return 0;
+    }
+    for (int p = 0; p < 8; p++) {
+        double m = nearbyint(a * pow10[p]);
+        if (m / pow10[p] != a) {
+            continue;
+        }
+        unsigned long long digits = (unsigned long long)m;
+        char tmp[24];
+        char *end = tmp + sizeof(tmp);
+        char *q = end;
+        for (int i = 0; i < p; i++) {
+            *--q = (char)('0' + digits % 10);
+            digits /= 10;
+        }
+        if (p == 0) {
+            *--q = '0';
+        }
+        *--q = '.';
+        do {
+            *--q = (char)('0' + digits % 10);
+            digits /= 10;
+        } while (digits);
+        if (d < 0) {
+            *--q = '-';
+        }
+        memcpy(buf, q, (size_t)(end - q));
+        return (int)(end - q);
+    }
+    return 0;
+}
+
 /* float.__repr__, with allow_nan's spellings for the non-finite. */
 static int
 encode_float(cs_buf *out, PyObject *obj)
@@ -165,6 +214,11 @@ encode_float(cs_buf *out, PyObject *obj)
             return cs_buf_append(out, "NaN", 3);
         }
         return d > 0 ? cs_buf_append(out, "Infinity", 8) : cs_buf_append(out, "-Infinity", 9);
+    }
+    char fast[24];
+    int n = float_repr_fast(d, fast);
+    if (n > 0) {
+        return cs_buf_append(out, fast, n);
     }
     char *s = PyOS_double_to_string(d, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
     if (s == NULL) {

@@ -64,15 +64,15 @@ sign_object(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (check_nargs("sign_object", nargs, 5) < 0) {
         return NULL;
     }
-    long long ts = PyLong_AsLongLong(args[3]);
-    if (ts == -1 && PyErr_Occurred()) {
+    if (!PyLong_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "sign_object() takes an int timestamp");
         return NULL;
     }
     int compress = PyObject_IsTrue(args[4]);
     if (compress < 0) {
         return NULL;
     }
-    return cs_sign_object(cs_get_state(module), args[0], args[1], args[2], ts, compress);
+    return cs_sign_object(cs_get_state(module), args[0], args[1], args[2], args[3], compress);
 }
 
 /* unsign_object(signed: str, secret, fallback_keys, salt, max_age or None, now: float) */

@@ -4,6 +4,7 @@ from django.conf import settings
 from django.contrib.sessions.backends import signed_cookies
 
 from csessions import signing
+from csessions.conf import setting
 from csessions.backends.base import CSessionMixin
 from csessions.exceptions import SessionCookieTooLarge
 
@@ -29,9 +30,10 @@ class SessionStore(CSessionMixin, signed_cookies.SessionStore):
 
     def _get_session_key(self):
         value = signing.dumps(self._session, compress=True, salt=SALT, serializer=self.serializer)
-        size = len(settings.SESSION_COOKIE_NAME) + len(value)
+        name = setting("SESSION_COOKIE_NAME")
+        size = len(name) + len(value)
         if size > COOKIE_LIMIT:
-            error = SessionCookieTooLarge(settings.SESSION_COOKIE_NAME, size, COOKIE_LIMIT)
+            error = SessionCookieTooLarge(name, size, COOKIE_LIMIT)
             if getattr(settings, "CSESSIONS_COOKIE_OVERSIZE", "raise") != "warn":
                 raise error
             logger.warning("%s", error)
