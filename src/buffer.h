@@ -10,6 +10,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <assert.h>
 #include <string.h>
 
 #define CS_BUF_INLINE 1024
@@ -44,6 +45,7 @@ cs_buf_free(cs_buf *b)
 static inline int
 cs_buf_reserve(cs_buf *b, Py_ssize_t extra)
 {
+    assert(b->data != NULL && 0 <= b->len && b->len <= b->cap && extra >= 0);
     if (b->cap - b->len >= extra) {
         return 0;
     }

@@ -479,6 +479,7 @@ cs_sign_object(cs_state *st, PyObject *obj, PyObject *secret, PyObject *salt,
         goto done;
     }
     p += SIG_LEN;
+    assert(p <= out.data + out.cap);
     result = PyUnicode_New(p - out.data, 127);
     if (result != NULL) {
         memcpy(PyUnicode_1BYTE_DATA(result), out.data, (size_t)(p - out.data));

@@ -44,6 +44,7 @@ attach(builder *b, PyObject *v) /* steals v */
         return 0;
     }
     frame *f = &b->stack[b->depth - 1];
+    assert(f->is_dict == (f->key != NULL)); /* simdjson gives a key before each member */
     int rc;
     if (f->is_dict) {
         rc = PyDict_SetItem(f->container, f->key, v);
@@ -94,6 +95,7 @@ static int
 pop(void *ctx)
 {
     builder *b = ctx;
+    assert(b->depth > 0 && b->stack[b->depth - 1].key == NULL);
     b->depth--;
     Py_LeaveRecursiveCall();
     return 0;
@@ -120,10 +122,8 @@ on_key(void *ctx, const char *s, size_t len)
         f->key = PyUnicode_DecodeUTF8(s, (Py_ssize_t)len, NULL);
         return f->key == NULL ? -1 : 0;
     }
-    uint32_t h = 2166136261u; /* FNV-1a */
-    for (size_t i = 0; i < len; i++) {
-        h = (h ^ (unsigned char)s[i]) * 16777619u;
-    }
+    /* A cheap slot choice: a collision only costs a miss, memcmp decides. */
+    size_t h = len == 0 ? 0 : len * 7 + (unsigned char)s[0] * 3 + (unsigned char)s[len - 1];
     PyObject **slot = &b->memo[h % MEMO_SLOTS];
     PyObject *cached = *slot;
     if (cached != NULL && PyUnicode_IS_ASCII(cached) &&

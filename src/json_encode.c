@@ -9,9 +9,9 @@
  * session depths and gives the same ValueError. No user Python code runs during encoding
  * of exact dicts and lists, which is why borrowed references from PyDict_Next are safe.
  */
-#include <math.h>
-
 #include "json.h"
+
+#include <math.h>
 
 typedef struct {
     cs_buf *out;
@@ -264,6 +264,7 @@ enter(encoder *e, PyObject *obj)
 static void
 leave(encoder *e)
 {
+    assert(e->depth > 0);
     e->depth--;
     Py_LeaveRecursiveCall();
 }

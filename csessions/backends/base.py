@@ -4,12 +4,31 @@ Engines list ``CSessionMixin`` before Django's own ``SessionStore`` of the same 
 everything not named here stays Django's code, exact across Django versions.
 """
 
+import functools
 import logging
 
+from django.utils.module_loading import import_string
+
 from csessions import _core, signing
+from csessions.conf import setting
+
+# SessionBase.__init__ imports SESSION_SERIALIZER on every instantiation (~1 us); the
+# import is cached here by the setting's value, so a changed setting is still followed.
+_import_serializer = functools.lru_cache(maxsize=8)(import_string)
 
 
 class CSessionMixin:
+    def __init__(self, session_key=None):
+        # SessionBase.__init__ (identical in Django 5.2, 6.0 and 6.1) with a cached import;
+        # tests/test_engines_base.py checks the attributes still match Django's.
+        self._session_key = session_key
+        self.accessed = False
+        self.modified = False
+        self.serializer = _import_serializer(setting("SESSION_SERIALIZER"))
+
+    def get_session_cookie_age(self):
+        return setting("SESSION_COOKIE_AGE")
+
     def encode(self, session_dict):
         return signing.dumps(session_dict, salt=self.key_salt, serializer=self.serializer, compress=True)
 
