@@ -10,7 +10,8 @@ PY312 ?= $(firstword $(wildcard $(PYENV_ROOT)/versions/3.12.*/bin/python3.12) $(
 
 DJANGO_52 := 5.2.19
 DJANGO_61 := 6.1.3
-DEB_PACKAGES := build-essential pkg-config libsodium-dev libsimdjson-dev zlib1g-dev libssl-dev valgrind
+DEB_PACKAGES := build-essential pkg-config libsodium-dev libsimdjson-dev zlib1g-dev libssl-dev valgrind \
+	postgresql redis-server memcached
 
 VENV := .venv
 VENV312 := .venv312
@@ -29,8 +30,8 @@ deps:
 # venv name, interpreter, Django version
 define make_venv
 	@test -x $(1)/bin/python || $(2) -m venv $(1)
-	@$(1)/bin/python -m pip install -q --disable-pip-version-check "setuptools>=68" wheel "django==$(3)" \
-	  "pytest>=8" "hypothesis>=6.100" 2>&1 | grep -v "^WARNING: Location" || true
+	@$(1)/bin/python -m pip install -q --disable-pip-version-check "setuptools>=77" wheel "django==$(3)" \
+	  "pytest>=8" "hypothesis>=6.100" "psycopg[binary]>=3.1" "redis>=5" "django-redis>=5.4" "pymemcache>=4" 2>&1 | grep -v "^WARNING: Location" || true
 endef
 
 $(VENV)/.ok: pyproject.toml Makefile

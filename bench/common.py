@@ -123,12 +123,13 @@ def import_csessions():
 
 
 def data_dir():
-    """$CSESSIONS_BENCH_DATA, else <repo>/../shared/data. Fails clearly if absent."""
+    """$CSESSIONS_BENCH_DATA, else bench/data: a verbatim copy of the shared reference payloads
+    (../shared/data beside the repo), kept in the repo so a clean clone can run the benchmark."""
     env = os.environ.get("CSESSIONS_BENCH_DATA")
-    path = Path(env) if env else REPO.parent / "shared" / "data"
+    path = Path(env) if env else REPO / "bench" / "data"
     missing = [n for n in PAYLOAD_NAMES if not (path / f"session-{n}.json").is_file()]
     if missing:
-        where = "CSESSIONS_BENCH_DATA" if env else "the default (<repo>/../shared/data)"
+        where = "CSESSIONS_BENCH_DATA" if env else "the default (bench/data)"
         raise BenchError(
             f"reference payloads not found: {path} (from {where}) lacks "
             + ", ".join(f"session-{n}.json" for n in missing)

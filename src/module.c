@@ -7,6 +7,7 @@
 #include <sodium.h>
 
 #include "codec.h"
+#include "fileio.h"
 #include "hmac.h"
 #include "json.h"
 
@@ -184,6 +185,7 @@ static PyMethodDef core_methods[] = {
      "set_error_types(bad_signature, signature_expired): the exceptions unsign raises"},
     {"hmac_bench", (PyCFunction)(void (*)(void))hmac_bench, METH_FASTCALL,
      "hmac_bench(backend, key, msg, iterations) -> seconds, for the benchmark"},
+    CS_FILEIO_METHODS
     {NULL, NULL, 0, NULL},
 };
 
