@@ -7,18 +7,23 @@ SHELL := /bin/bash
 PYENV_ROOT ?= $(shell pyenv root 2>/dev/null || echo $(HOME)/.pyenv)
 PY311 ?= $(firstword $(wildcard $(PYENV_ROOT)/versions/3.11.*/bin/python3.11) $(shell command -v python3.11))
 PY312 ?= $(firstword $(wildcard $(PYENV_ROOT)/versions/3.12.*/bin/python3.12) $(shell command -v python3.12))
+PY310 ?= $(firstword $(wildcard $(PYENV_ROOT)/versions/3.10.*/bin/python3.10) $(shell command -v python3.10))
+PY313 ?= $(firstword $(wildcard $(PYENV_ROOT)/versions/3.13.*/bin/python3.13) $(shell command -v python3.13))
 
 DJANGO_52 := 5.2.19
 DJANGO_61 := 6.1.3
+DJANGO_60 := 6.0.10
 DEB_PACKAGES := build-essential pkg-config libsodium-dev libsimdjson-dev zlib1g-dev libssl-dev valgrind \
 	postgresql redis-server memcached
 
 VENV := .venv
 VENV312 := .venv312
 VENV_ASAN := .venv-asan
+VENV310 := .venv310
+VENV313 := .venv313
 BUILD_LOCK := flock /tmp/csessions-build.lock
 
-.PHONY: test demo build deps bench bench-check clean test-py test-django test-asan
+.PHONY: test demo build deps bench bench-check clean test-py test-django test-asan test-compat
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -42,6 +47,14 @@ $(VENV312)/.ok: pyproject.toml Makefile
 	$(call make_venv,$(VENV312),$(PY312),$(DJANGO_61))
 	@touch $@
 
+$(VENV310)/.ok: pyproject.toml Makefile
+	$(call make_venv,$(VENV310),$(PY310),$(DJANGO_52))
+	@touch $@
+
+$(VENV313)/.ok: pyproject.toml Makefile
+	$(call make_venv,$(VENV313),$(PY313),$(DJANGO_60))
+	@touch $@
+
 $(VENV_ASAN)/.ok: pyproject.toml Makefile
 	$(call make_venv,$(VENV_ASAN),$(PY311),$(DJANGO_52))
 	@touch $@
@@ -60,6 +73,13 @@ test-django: build $(VENV312)/.ok
 	$(VENV312)/bin/python -m pytest -q tests
 	$(VENV312)/bin/python tests/django_suite/run.py --django $(DJANGO_61)
 
+# The rest of the supported matrix: Python 3.10 with Django 5.2, Python 3.13 with Django 6.0.
+test-compat: deps $(VENV310)/.ok $(VENV313)/.ok
+	$(BUILD_LOCK) env CSESSIONS_WERROR=1 $(VENV310)/bin/python setup.py -q build_ext --inplace --build-temp build/py310
+	$(VENV310)/bin/python -m pytest -q tests
+	$(BUILD_LOCK) env CSESSIONS_WERROR=1 $(VENV313)/bin/python setup.py -q build_ext --inplace --build-temp build/py313
+	$(VENV313)/bin/python -m pytest -q tests
+
 # The whole test suite again against an ASan + UBSan build; any report aborts the run.
 test-asan: deps $(VENV_ASAN)/.ok
 	$(BUILD_LOCK) bash -c 'rm -rf build/asan-lib && mkdir -p build/asan-lib && cp -r csessions build/asan-lib/ \
@@ -69,7 +89,7 @@ test-asan: deps $(VENV_ASAN)/.ok
 	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  CSESSIONS_SANITIZED=1 ../$(VENV_ASAN)/bin/python -m pytest -q -p no:cacheprovider -c ../pyproject.toml --rootdir .. ../tests
 
-test: test-py test-django test-asan bench-check
+test: test-py test-django test-compat test-asan bench-check
 	@echo "make test: all green"
 
 # The example site on http://127.0.0.1:8000 (CSESSIONS_ENGINE picks the engine).
@@ -85,4 +105,4 @@ bench-check: build
 	$(VENV)/bin/python bench/check.py
 
 clean:
-	rm -rf build $(VENV) $(VENV312) $(VENV_ASAN) csessions/*.so .cache
+	rm -rf build $(VENV) $(VENV312) $(VENV310) $(VENV313) $(VENV_ASAN) csessions/*.so .cache

@@ -4,21 +4,24 @@
  * JSONEncoder.default does), int.__repr__ and float.__repr__ for numbers whatever the
  * subclass, ensure_ascii escaping with lowercase hex, NaN/Infinity allowed.
  *
- * Circular references: _json.c keeps a dict of the ids of the open containers; here the
- * open containers are a stack of pointers (`open`), scanned linearly, which is cheaper at
- * session depths and gives the same ValueError. No user Python code runs during encoding
- * of exact dicts and lists, which is why borrowed references from PyDict_Next are safe.
+ * Circular references: _json.c keeps a dict of the ids of the open containers. Here the
+ * first SCAN_DEPTH open containers sit in a small array scanned linearly, which is cheaper
+ * at session depths; deeper ones also go into a set of ids (`deep`), so pathological
+ * nesting costs O(depth), not O(depth^2). Same ValueError either way. No user Python code
+ * runs during encoding of exact dicts and lists, which is why borrowed references from
+ * PyDict_Next are safe.
  */
 #include "json.h"
 
 #include <math.h>
 
+#define SCAN_DEPTH 32
+
 typedef struct {
     cs_buf *out;
-    PyObject **open; /* borrowed: containers being encoded, outermost first */
+    PyObject *open[SCAN_DEPTH]; /* borrowed: the outermost open containers */
+    PyObject *deep;             /* owned, NULL until needed: set of ids of deeper ones */
     Py_ssize_t depth;
-    Py_ssize_t cap;
-    PyObject *inline_open[32];
 } encoder;
 
 static int encode_obj(encoder *e, PyObject *obj);
@@ -229,44 +232,82 @@ encode_float(cs_buf *out, PyObject *obj)
     return rc;
 }
 
+/* Removes obj from the set of deep open containers. Runs while an error may be
+ * propagating, so it sets that error aside and puts it back. */
+static void
+forget_deep(encoder *e, PyObject *obj)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *exc = PyErr_GetRaisedException();
+#else
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+#endif
+    PyObject *id = PyLong_FromVoidPtr(obj);
+    if (id == NULL || PySet_Discard(e->deep, id) < 0) {
+        PyErr_Clear(); /* only costs a stale id: the set dies with the encoder */
+    }
+    Py_XDECREF(id);
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(exc);
+#else
+    PyErr_Restore(type, value, tb);
+#endif
+}
+
 /* Marks obj as open. -1 with ValueError if it already is (a cycle), or RecursionError. */
 static int
 enter(encoder *e, PyObject *obj)
 {
-    for (Py_ssize_t i = 0; i < e->depth; i++) {
+    Py_ssize_t scanned = e->depth < SCAN_DEPTH ? e->depth : SCAN_DEPTH;
+    for (Py_ssize_t i = 0; i < scanned; i++) {
         if (e->open[i] == obj) {
-            PyErr_SetString(PyExc_ValueError, "Circular reference detected");
+            goto circular;
+        }
+    }
+    if (e->depth >= SCAN_DEPTH) {
+        if (e->deep == NULL && (e->deep = PySet_New(NULL)) == NULL) {
+            return -1;
+        }
+        PyObject *id = PyLong_FromVoidPtr(obj);
+        if (id == NULL) {
+            return -1;
+        }
+        int seen = PySet_Contains(e->deep, id);
+        int rc = seen == 0 ? PySet_Add(e->deep, id) : -1;
+        Py_DECREF(id);
+        if (seen == 1) {
+            goto circular;
+        }
+        if (rc < 0) {
             return -1;
         }
     }
     if (Py_EnterRecursiveCall(" while encoding a JSON object")) {
+        if (e->depth >= SCAN_DEPTH) {
+            forget_deep(e, obj);
+        }
         return -1;
     }
-    if (e->depth == e->cap) {
-        Py_ssize_t cap = e->cap * 2;
-        PyObject **open = PyMem_Malloc(sizeof(PyObject *) * cap);
-        if (open == NULL) {
-            Py_LeaveRecursiveCall();
-            PyErr_NoMemory();
-            return -1;
-        }
-        memcpy(open, e->open, sizeof(PyObject *) * e->depth);
-        if (e->open != e->inline_open) {
-            PyMem_Free(e->open);
-        }
-        e->open = open;
-        e->cap = cap;
+    if (e->depth < SCAN_DEPTH) {
+        e->open[e->depth] = obj;
     }
-    e->open[e->depth++] = obj;
+    e->depth++;
     return 0;
+circular:
+    PyErr_SetString(PyExc_ValueError, "Circular reference detected");
+    return -1;
 }
 
 static void
-leave(encoder *e)
+leave(encoder *e, PyObject *obj)
 {
     assert(e->depth > 0);
     e->depth--;
     Py_LeaveRecursiveCall();
+    if (e->depth >= SCAN_DEPTH) {
+        forget_deep(e, obj);
+    }
 }
 
 static int
@@ -298,7 +339,7 @@ encode_list(encoder *e, PyObject *obj)
     }
     rc = cs_buf_putc(e->out, ']');
 fail_open:
-    leave(e);
+    leave(e, obj);
 done:
     Py_DECREF(seq);
     return rc;
@@ -401,7 +442,7 @@ encode_dict(encoder *e, PyObject *obj)
     rc = cs_buf_putc(e->out, '}');
 done:
     Py_XDECREF(items);
-    leave(e);
+    leave(e, obj);
     return rc;
 }
 
@@ -450,11 +491,8 @@ encode_obj(encoder *e, PyObject *obj)
 int
 cs_json_encode(cs_buf *out, PyObject *obj)
 {
-    encoder e = {.out = out, .depth = 0, .cap = 32};
-    e.open = e.inline_open;
+    encoder e = {.out = out, .deep = NULL, .depth = 0};
     int rc = encode_obj(&e, obj);
-    if (e.open != e.inline_open) {
-        PyMem_Free(e.open);
-    }
+    Py_XDECREF(e.deep);
     return rc;
 }

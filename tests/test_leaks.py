@@ -154,7 +154,7 @@ SCRIPT = textwrap.dedent(
     }
     DEEP = []
     cur = DEEP
-    for _ in range(5000):
+    for _ in range(100_000):  # past the recursion limit of every supported CPython
         cur.append([])
         cur = cur[0]
 
