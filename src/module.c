@@ -8,6 +8,7 @@
 
 #include "codec.h"
 #include "fileio.h"
+#include "shm.h"
 #include "hmac.h"
 #include "json.h"
 
@@ -186,6 +187,7 @@ static PyMethodDef core_methods[] = {
     {"hmac_bench", (PyCFunction)(void (*)(void))hmac_bench, METH_FASTCALL,
      "hmac_bench(backend, key, msg, iterations) -> seconds, for the benchmark"},
     CS_FILEIO_METHODS
+    CS_SHM_METHODS
     {NULL, NULL, 0, NULL},
 };
 
@@ -219,6 +221,9 @@ core_exec(PyObject *module)
     st->parser = cs_json_parser_new();
     if (st->parser == NULL) {
         PyErr_NoMemory();
+        return -1;
+    }
+    if (cs_shm_exec(module) < 0) {
         return -1;
     }
     return PyModule_AddStringConstant(module, "ZLIB_VERSION", zlibVersion()) < 0 ||
