@@ -97,8 +97,10 @@ demo: build
 	cd example && ../$(VENV)/bin/python manage.py runserver 127.0.0.1:8000
 
 bench: build
-	@$(VENV)/bin/python -m pip install -q --disable-pip-version-check "matplotlib>=3.8" 2>&1 | grep -v "^WARNING: Location" || true
+	@dpkg -s wrk >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null)
+	@$(VENV)/bin/python -m pip install -q --disable-pip-version-check "matplotlib>=3.8" gunicorn 2>&1 | grep -v "^WARNING: Location" || true
 	$(VENV)/bin/python bench/run.py
+	$(VENV)/bin/python bench/site.py
 
 # Fast regression check (CI): no csessions operation slower than its Django twin.
 bench-check: build
