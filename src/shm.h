@@ -1,13 +1,88 @@
-/* The shared-memory session store of csessions.backends.shm (placeholder, issue #4). */
+/* The shared-memory session store of csessions.backends.shm: one POSIX shared-memory segment
+ * that every worker process of a host maps (MAP_SHARED) and uses directly, under striped,
+ * process-shared, robust mutexes. The core knows nothing about Django: keys and values are
+ * bytes (or ASCII str), times are integer Unix seconds passed down by the caller.
+ *
+ * Segment layout (all offsets from the start of the mapping, all fields host-endian):
+ *
+ *     [0, 4096)           shm_header: magic "CSESSHM\0", layout version, total size, geometry
+ *                         (stripes, buckets per stripe, arena bytes per stripe, largest block),
+ *                         the SipHash key of the table, creation time, a BLAKE2b-256 checksum
+ *                         of all of that, and `ready`, stored last (release) by the creator
+ *     stripes_off         nstripes x shm_stripe (64-byte aligned): the robust mutex, the LRU
+ *                         list ends, the buddy free lists, the sweep hand, the counters
+ *     buckets_off         nstripes x nbuckets x uint32: the head of each bucket's chain
+ *     arenas_off          nstripes x arena_size bytes (4096-aligned): the stripe's blocks
+ *
+ * A key hashes (keyed SipHash-2-4) to one stripe and one bucket of that stripe; everything a
+ * stripe owns (its buckets, its arena, its lists, its counters) is touched only under its
+ * lock, so workers on different stripes never contend and there is no global lock at all.
+ *
+ * Memory: each arena is a binary buddy allocator whose size classes are the powers of two
+ * from 256 B (an entry of the smallest session, Django's auth keys: 172 B of JSON) up to
+ * `1 << top_order` (256 KiB for the default 64 MiB segment, enough for a ~100 KB session).
+ * Freed buddies coalesce, so space moves between size classes as the mix of session sizes
+ * changes and never leaks. A block starts with a 40-byte shm_entry; a used block holds the
+ * key and then the value right after it. Offsets inside an arena are uint32 byte offsets,
+ * SHM_NIL for none. The segment never grows: it is sized once, at creation.
+ *
+ * Invariants (what every operation keeps, and what repair restores):
+ * - The bucket chains are the only truth. A used block is live iff it is reachable from its
+ *   bucket; the LRU list, the free lists and the counters are derived data.
+ * - Publishing is one aligned 32-bit store under the stripe lock: a new value is written
+ *   into a fresh block first, then linked in place of the old one (whose block is freed
+ *   after). A reader holds the same lock while it copies a value out, so no reader ever sees
+ *   a torn value, and a writer killed at any instruction leaves either the old or the new
+ *   value reachable, never a half-written one.
+ * - Entry counters move before an insert is published and after a removal is unlinked, so
+ *   after any crash the live entries are at most what the counters say; repair books the
+ *   difference as `discarded`, and inserts - deletes - evictions - expirations - discarded
+ *   == entries holds exactly.
+ * - Expiry is checked on every read (an expired entry is a miss and is reclaimed there);
+ *   each write also advances the stripe's sweep hand over SHM_SWEEP buckets, reclaiming the
+ *   expired entries it finds: expired sessions go away incrementally, with no full scan on
+ *   the request path and no background thread. When a write finds no free block, expired
+ *   entries near the LRU tail go first, then the least recently used ones (counted).
+ *
+ * Crash repair: a worker SIGKILLed while holding a stripe lock leaves the robust mutex to
+ * the next locker with EOWNERDEAD. That locker rebuilds the stripe from its bucket chains
+ * (every entry is validated: bounds, alignment, block order, lengths, the key's hash against
+ * the bucket it sits in, no overlap with another entry; the chain is cut at the first entry
+ * that fails), then rebuilds the LRU list (by last-access tick), the free lists (from the
+ * gaps) and the counters, and only then marks the mutex consistent. The same rebuild runs
+ * when a normal operation meets an inconsistency (garbage written into the segment): the
+ * damaged entries are dropped, the others stay readable, nothing is dereferenced out of
+ * bounds. A repair killed midway is simply redone by the next locker (it is idempotent).
+ * Garbage written over a mutex itself may make its stripe time out (TimeoutError after
+ * lock_timeout) instead of working; it never makes a process crash.
+ *
+ * Trust: the segment is created 0600 with O_EXCL, and attaching refuses a segment that is
+ * not owned by the current uid or has any group/other permission bit, so only the site's
+ * own user can read or write it. Values are what the Python layer stores: the session as
+ * signed by the csessions codec (HMAC-SHA256 under SECRET_KEY), so even a process of that
+ * user cannot plant a session without the secret; it can only destroy them.
+ *
+ * Fork: the mapping is MAP_SHARED, so a process that opened the store and then forks
+ * (gunicorn --preload) keeps a valid store in parent and children. A robust mutex belongs to
+ * the thread that locked it, not to the process image: a child never inherits ownership,
+ * and the GIL is held for as long as a stripe lock is (never across Python code), so a
+ * fork from Python cannot happen while this process holds one.
+ */
 #ifndef CSESSIONS_SHM_H
 #define CSESSIONS_SHM_H
 
 #include "state.h"
 
-/* Entries for the module's method table; defined in shm.c. */
-#define CS_SHM_METHODS
+PyObject *cs_shm_unlink(PyObject *module, PyObject *name);
 
-/* Called from the module's exec slot: adds the store's types and constants. 0 or -1. */
+/* Entries for the module's method table; defined in shm.c. */
+#define CS_SHM_METHODS                                                                       \
+    {"shm_unlink", cs_shm_unlink, METH_O,                                                    \
+     "shm_unlink(name) -> bool: removes the segment's name (False if there was none); "      \
+     "processes that have it mapped keep using it until they close it"},
+
+/* Called from the module's exec slot: adds the ShmStore type, the ShmError exception and
+ * the constants. 0 or -1. */
 int cs_shm_exec(PyObject *module);
 
 #endif

@@ -1,0 +1,188 @@
+"""csessions.backends.shm beside Django's cache engine on LocMem, in one interleaved run.
+
+    .venv/bin/python bench/shm.py [--quick] [--payload typical] [--procs 2,4,8]
+
+Contenders, on the reference payload (bench/data, or $CSESSIONS_BENCH_DATA):
+  shm get / shm set     ShmStore.get / put(set) of the encoded session: the raw store
+  locmem get / set      Django's LocMem cache get / set of the session dict (what its cache
+                        engine stores; LocMem pickles it)
+  shm cycle             SessionStore(key); s["counter"] = s.get("counter", 0) + 1; s.save()
+  locmem cycle          the same through django.contrib.sessions.backends.cache on LocMem
+
+Method: R rounds; each round runs every contender for a batch of N calls, in an order shuffled
+anew each round, timing each call with perf_counter_ns (so p99 is per call; the ~40 ns of
+timer overhead is included, not subtracted). Reported: median and p99 over all calls, and the
+median over rounds of the per-round ratio LocMem/shm for the cycle.
+
+With --procs, the shm cycle again in 2, 4, 8 processes at once (one segment, distinct keys),
+each timing its own calls: median and p99 of all of them.
+"""
+
+import argparse
+import os
+import random
+import secrets
+import statistics
+import sys
+import time
+
+import common
+
+common.setup_django()
+
+from django.conf import settings  # noqa: E402
+from django.contrib.sessions.backends import cache as dj_cache  # noqa: E402
+from django.core.cache import caches  # noqa: E402
+
+from csessions import _core  # noqa: E402
+from csessions.backends import shm  # noqa: E402
+
+
+def percentile(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * p))]
+
+
+def fmt(ns):
+    return f"{ns / 1000:.2f} us"
+
+
+def timed(fn, n, out):
+    pc = time.perf_counter_ns
+    for _ in range(n):
+        t0 = pc()
+        fn()
+        out.append(pc() - t0)
+
+
+def contenders(payload):
+    handle = shm.store()
+    cache = caches["default"]
+    key = "k" * 32
+    now = int(time.time())
+    encoded = shm.SessionStore().encode(payload)
+    handle.put(key, encoded, now + 3600, now, 0)
+    cache.set("bench-raw", payload, 3600)
+
+    s = shm.SessionStore()
+    s.update(payload)
+    s.save()
+    shm_key = s.session_key
+    d = dj_cache.SessionStore()
+    d.update(payload)
+    d.save()
+    dj_key = d.session_key
+
+    def shm_cycle():
+        s = shm.SessionStore(shm_key)
+        s["counter"] = s.get("counter", 0) + 1
+        s.save()
+
+    def locmem_cycle():
+        s = dj_cache.SessionStore(dj_key)
+        s["counter"] = s.get("counter", 0) + 1
+        s.save()
+
+    return {
+        "shm get": lambda: handle.get(key, now),
+        "shm set": lambda: handle.put(key, encoded, now + 3600, now, 0),
+        "locmem get": lambda: cache.get("bench-raw"),
+        "locmem set": lambda: cache.set("bench-raw", payload, 3600),
+        "shm cycle": shm_cycle,
+        "locmem cycle": locmem_cycle,
+    }
+
+
+def interleaved(fns, rounds, n, rng):
+    samples = {name: [] for name in fns}
+    per_round = {name: [] for name in fns}
+    for fn in fns.values():  # warm-up
+        timed(fn, n, [])
+    for _ in range(rounds):
+        order = list(fns)
+        rng.shuffle(order)
+        for name in order:
+            batch = []
+            timed(fns[name], n, batch)
+            samples[name] += batch
+            per_round[name].append(statistics.median(batch))
+    return samples, per_round
+
+
+def multi(procs, iterations, payload):
+    """The shm cycle in `procs` processes at once; (median, p99) over all their calls."""
+    readers = []
+    for p in range(procs):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            s = shm.SessionStore()
+            s.update(payload)
+            s.save()
+            k = s.session_key
+            out = []
+
+            def cycle():
+                s = shm.SessionStore(k)
+                s["counter"] = s.get("counter", 0) + 1
+                s.save()
+
+            timed(cycle, iterations // 10, [])
+            timed(cycle, iterations, out)
+            os.write(w, ",".join(map(str, out)).encode())
+            os._exit(0)
+        os.close(w)
+        readers.append((pid, r))
+    everything = []
+    for pid, r in readers:
+        chunks = []
+        while True:
+            b = os.read(r, 1 << 20)
+            if not b:
+                break
+            chunks.append(b)
+        os.close(r)
+        os.waitpid(pid, 0)
+        everything += [int(x) for x in b"".join(chunks).decode().split(",") if x]
+    return statistics.median(everything), percentile(everything, 0.99)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--payload", default="typical", choices=common.PAYLOAD_NAMES)
+    ap.add_argument("--procs", default="2,4,8", help="'' to skip the multi-process part")
+    ap.add_argument("--seed", type=int, default=None)
+    a = ap.parse_args(argv)
+    payload = common.load_payloads([a.payload])[a.payload]
+    name = f"csessions-bench-{os.getpid()}-{secrets.token_hex(4)}"
+    settings.CSESSIONS_SHM_NAME = name
+    rounds, n = (10, 500) if a.quick else (30, 2000)
+    rng = random.Random(a.seed)
+    try:
+        common.print_environment(common.environment())
+        print(f"\npayload {a.payload} ({common.compact_size(payload)} B of JSON), {rounds} rounds "
+              f"x {n} calls per contender, interleaved\n")
+        samples, per_round = interleaved(contenders(payload), rounds, n, rng)
+        rows = [(name_, fmt(statistics.median(xs)), fmt(percentile(xs, 0.99)))
+                for name_, xs in samples.items()]
+        print(common.table(["contender", "median", "p99"], rows))
+        ratios = [dj / cs for dj, cs in zip(per_round["locmem cycle"], per_round["shm cycle"])]
+        print(f"\ncycle: LocMem cache engine / shm engine = {statistics.median(ratios):.2f}x "
+              f"(median of per-round ratios; min {min(ratios):.2f}x, max {max(ratios):.2f}x)")
+        if a.procs:
+            print("\nshm cycle, processes at once (one segment):")
+            rows = []
+            for p in [int(x) for x in a.procs.split(",")]:
+                med, p99 = multi(p, 2000 if a.quick else 20000, payload)
+                rows.append((str(p), fmt(med), fmt(p99)))
+            print(common.table(["processes", "median", "p99"], rows))
+        print(f"\nstore counters: {shm.stats()}")
+    finally:
+        shm.store().close()
+        _core.shm_unlink(name)
+
+
+if __name__ == "__main__":
+    sys.exit(common.cli(main))

@@ -1,0 +1,274 @@
+"""A session store in one shared-memory segment, used directly by every worker process of a host.
+
+    SESSION_ENGINE = "csessions.backends.shm"
+
+No server to run, no network hop, and sessions survive restarts of the web server (the segment
+outlives its processes; not a reboot). The store itself is C (``csessions._core.ShmStore``,
+design in ``src/shm.h``): a hash table split in stripes, each under its own process-shared
+robust mutex, so workers touching different sessions do not contend, and a worker killed while
+holding a lock neither deadlocks the store nor corrupts it. Encoding and decoding happen here,
+outside any lock.
+
+Settings:
+
+* ``CSESSIONS_SHM_NAME``: the segment's name (``/dev/shm/<name>``). The default is derived from
+  the project (the settings module, ``BASE_DIR``, ``ROOT_URLCONF``) and the user id, so two sites
+  on one host never share a segment. Under Django's test runner the default name gets a
+  ``-test-<pid>`` suffix and that segment is removed at exit, as Django does with test
+  databases: test runs never see production sessions nor leave segments behind.
+* ``CSESSIONS_SHM_SIZE``: bytes, default 64 MiB. The segment is sized when it is created and
+  never grows; a segment that already exists keeps its size (``manage.py csessions_shm
+  recreate`` makes a new one).
+* ``CSESSIONS_SHM_LOCK_TIMEOUT``: seconds a worker waits for a stripe lock before raising
+  ``TimeoutError`` (default 5; a lock is normally held for a microsecond).
+
+What is stored is the session as ``encode()`` signs it (HMAC-SHA256 under ``SECRET_KEY``, the
+format of Django's db and file engines). The segment is 0600 and refused if it is not the
+site user's own, so no other user can read or write it; signing also means that a process of
+the site's own user that writes into the segment cannot plant a session without the secret key:
+a tampered value decodes to an empty session (and is logged as corrupted, as in Django).
+
+Beyond Django's cache engine, which this engine is held to by Django's own tests:
+
+* Nothing is dropped silently: hits, misses, evictions, expirations, lock recoveries and bytes
+  used are counted in the segment (``stats()``, ``manage.py csessions_shm stats``).
+* A session larger than the store accepts raises ``SessionTooLarge`` (a ``ValueError``) from
+  ``save()``, and nothing else in the store is disturbed.
+* ``clear_expired()`` (``manage.py clearsessions``) really removes the expired sessions, though
+  the store also reclaims them by itself as it is used.
+"""
+
+import atexit
+import hashlib
+import os
+import time
+
+from django.conf import settings
+from django.contrib.sessions.backends.base import CreateError, SessionBase, UpdateError
+from django.core.signals import setting_changed
+
+from csessions import _core, signing
+from csessions.backends.base import CSessionMixin
+
+DEFAULT_SIZE = 64 * 1024 * 1024
+DEFAULT_LOCK_TIMEOUT = 5.0
+# Encoded sessions longer than this are compressed (see SessionStore.encode).
+COMPRESS_ABOVE = 4096
+# put() modes of ShmStore.
+_SET, _ADD, _REPLACE = 0, 1, 2
+# Django's create(): how many key collisions it tolerates, and its message.
+CREATE_TRIES = 10000
+CREATE_FAILED = "Unable to create a new session key. It is likely that the cache is unavailable."
+
+ShmError = _core.ShmError
+
+
+class SessionTooLarge(ValueError):
+    """The encoded session does not fit in the largest entry the shared-memory store holds."""
+
+    def __init__(self, size, limit, name):
+        self.size, self.limit, self.name = size, limit, name
+        super().__init__(
+            f"Session of {size} bytes (encoded, with its key and entry header) is larger than "
+            f"the {limit} bytes the shared-memory session store {name!r} accepts per session; "
+            "it was not saved and the store is unchanged. Store less in the session."
+        )
+
+
+_stores = {}  # (name, size, lock timeout) -> ShmStore; one mapping per segment and process
+_current = None  # the ShmStore of the current settings, until a setting changes
+_test_segments = set()
+
+
+def _setting(name, default):
+    return getattr(settings, name, default)
+
+
+def default_name():
+    """``csessions-<uid>-<hash of the project>``: stable across restarts, distinct per site."""
+    ident = "\0".join(
+        str(_setting(name, "")) for name in ("SETTINGS_MODULE", "BASE_DIR", "ROOT_URLCONF")
+    )
+    digest = hashlib.sha256(ident.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"csessions-{os.geteuid()}-{digest}"
+
+
+def _in_test_runner():
+    from django.test import utils
+
+    return hasattr(utils._TestState, "saved_data")
+
+
+def _unlink_test_segments():
+    for name in _test_segments:
+        try:
+            _core.shm_unlink(name)
+        except OSError:
+            pass
+
+
+def config():
+    """(name, size, lock timeout) from the settings."""
+    name = _setting("CSESSIONS_SHM_NAME", None)
+    if not name:
+        name = default_name()
+        if _in_test_runner():
+            name = f"{name}-test-{os.getpid()}"
+            if not _test_segments:
+                atexit.register(_unlink_test_segments)
+            _test_segments.add(name)
+    size = int(_setting("CSESSIONS_SHM_SIZE", DEFAULT_SIZE))
+    timeout = float(_setting("CSESSIONS_SHM_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT))
+    return name.lstrip("/"), size, timeout
+
+
+def store():
+    """The ShmStore of the current settings (created or attached on first use)."""
+    global _current
+    if _current is None:
+        key = config()
+        handle = _stores.get(key)
+        if handle is None or handle.closed:
+            handle = _stores[key] = _core.ShmStore(key[0], key[1], lock_timeout=key[2])
+        _current = handle
+    return _current
+
+
+def _forget(**kwargs):
+    global _current
+    _current = None
+
+
+setting_changed.connect(_forget)
+
+
+def stats():
+    """The store's counters: hits, misses, inserts, updates, deletes, evictions, expirations,
+    discarded (dropped by a repair), lock_recoveries, repairs, bytes_used, value_bytes, entries,
+    and its geometry (size, stripes, buckets, arena_bytes, bytes_free, max_entry, created)."""
+    return store().stats()
+
+
+def recreate():
+    """Removes the segment of the current settings and creates a new, empty one. Processes
+    that still have the old one mapped keep using it until they restart."""
+    global _current
+    name, size, timeout = config()
+    for key in [k for k in _stores if k[0] == name]:
+        _stores.pop(key).close()
+    _current = None
+    _core.shm_unlink(name)
+    return store()
+
+
+def _now():
+    return int(time.time())
+
+
+_BASE_GET_EXPIRY_AGE = SessionBase.get_expiry_age
+
+
+class SessionStore(CSessionMixin, SessionBase):
+    def encode(self, session_dict):
+        # zlib costs ~14 us of the ~17 us it takes to sign a typical session, to save a few
+        # hundred bytes of local memory: below COMPRESS_ABOVE bytes the value is stored
+        # uncompressed (the same signed format; Django's decode reads both).
+        value = signing.dumps(session_dict, salt=self.key_salt, serializer=self.serializer)
+        if len(value) > COMPRESS_ABOVE:
+            value = super().encode(session_dict)
+        return value
+
+    def load(self):
+        try:
+            raw = store().get(self.session_key, _now())
+        except (TypeError, ValueError):  # a key the store cannot hold (not ASCII, > 255)
+            raw = None
+        if raw is None:
+            self._session_key = None
+            return {}
+        return self.decode(raw)
+
+    def exists(self, session_key):
+        if not session_key:
+            return False
+        try:
+            return store().contains(session_key, _now())
+        except (TypeError, ValueError):
+            return False
+
+    def create(self):
+        for _ in range(CREATE_TRIES):
+            self._session_key = _core.new_session_key()
+            try:
+                self.save(must_create=True)
+            except CreateError:
+                continue  # a key collision: add() is atomic, try another key
+            self.modified = True
+            return
+        raise RuntimeError(CREATE_FAILED)
+
+    def _expiry_age(self, data):
+        # get_expiry_age() builds timezone.now() to compare with a stored expiry; without one
+        # (most sessions) its answer is the cookie age.
+        if type(self).get_expiry_age is _BASE_GET_EXPIRY_AGE and not data.get("_session_expiry"):
+            return self.get_session_cookie_age()
+        return self.get_expiry_age()
+
+    def save(self, must_create=False):
+        if self.session_key is None:
+            return self.create()
+        data = self._get_session(no_load=must_create)
+        value = self.encode(data)
+        key = self.session_key
+        handle = store()
+        size = handle.entry_overhead + len(key) + len(value)
+        if size > handle.max_entry:
+            raise SessionTooLarge(size, handle.max_entry, handle.name)
+        now = _now()
+        try:
+            stored = handle.put(key, value, now + self._expiry_age(data), now,
+                                _ADD if must_create else _REPLACE)
+        except TypeError:  # a key the store cannot hold: it cannot exist there either
+            stored = False
+        except ValueError:
+            if len(key) <= 255:
+                raise
+            stored = False
+        if not stored:
+            raise CreateError if must_create else UpdateError
+
+    def delete(self, session_key=None):
+        if session_key is None:
+            if self.session_key is None:
+                return
+            session_key = self.session_key
+        try:
+            store().delete(session_key, _now())
+        except (TypeError, ValueError):
+            pass
+
+    @classmethod
+    def clear_expired(cls):
+        store().sweep(_now())
+
+    # The store answers in about a microsecond and never does I/O, so the async twins run
+    # directly in the event loop instead of going through a thread (sync_to_async, ~100 us).
+
+    async def aload(self):
+        return self.load()
+
+    async def aexists(self, session_key):
+        return self.exists(session_key)
+
+    async def acreate(self):
+        return self.create()
+
+    async def asave(self, must_create=False):
+        return self.save(must_create)
+
+    async def adelete(self, session_key=None):
+        return self.delete(session_key)
+
+    @classmethod
+    async def aclear_expired(cls):
+        return cls.clear_expired()

@@ -1,0 +1,580 @@
+"""csessions.backends.shm and the C store under it (csessions._core.ShmStore).
+
+Every test gets its own segment (pid + random in the name) and removes it afterwards. The
+segment layout these tests poke at is the one documented in src/shm.h.
+"""
+
+import asyncio
+import io
+import json
+import os
+import random
+import secrets
+import signal
+import stat
+import struct
+import time
+from pathlib import Path
+
+import pytest
+from django.contrib.sessions.backends.base import CreateError, UpdateError
+from django.core.management import call_command
+from django.test import override_settings
+
+from csessions import _core, signing
+from csessions.backends import shm
+from csessions.management.commands.csessions_shm import Command
+
+SALT = "django.contrib.sessions.SessionStore"
+DATA = Path(__file__).resolve().parent.parent / "bench" / "data"
+HEADER = struct.Struct("=8sIIQIIIIQQQ")  # magic .. arenas_off of shm_header
+SET, ADD, REPLACE = 0, 1, 2
+MIB = 1024 * 1024
+
+
+def unique_name():
+    return f"csessions-test-{os.getpid()}-{secrets.token_hex(6)}"
+
+
+@pytest.fixture
+def name():
+    n = unique_name()
+    yield n
+    _core.shm_unlink(n)
+
+
+@pytest.fixture
+def engine(name):
+    """SESSION_ENGINE settings pointing at a fresh 2 MiB segment."""
+    with override_settings(CSESSIONS_SHM_NAME=name, CSESSIONS_SHM_SIZE=2 * MIB):
+        yield shm
+        for handle in list(shm._stores.values()):
+            if handle.name == "/" + name:
+                handle.close()
+
+
+def key(i):
+    return f"{i:032d}"
+
+
+def geometry(name):
+    with open(f"/dev/shm/{name}", "rb") as f:
+        fields = HEADER.unpack(f.read(HEADER.size))
+    names = ("magic version header_bytes total_size nstripes nbuckets arena_size top_order "
+             "stripes_off buckets_off arenas_off").split()
+    return dict(zip(names, fields))
+
+
+def pwrite(name, offset, data):
+    fd = os.open(f"/dev/shm/{name}", os.O_RDWR)
+    try:
+        os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------------------ the C store
+
+
+def test_create_then_attach(name):
+    a = _core.ShmStore(name, MIB)
+    assert a.created and a.name == "/" + name and a.size == MIB
+    st = os.stat(f"/dev/shm/{name}")
+    assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == os.geteuid()
+    now = int(time.time())
+    assert a.put(key(1), "v1", now + 60, now, ADD)
+    b = _core.ShmStore(name, 8 * MIB)  # exists: attached with its own size
+    assert not b.created and b.size == MIB
+    assert b.get(key(1), now) == "v1"
+    assert a.stats()["inserts"] == 1
+    a.close()
+    assert b.get(key(1), now) == "v1"
+    with pytest.raises(ValueError, match="closed"):
+        a.get(key(1), now)
+    b.close()
+
+
+def test_attach_only_when_asked(name):
+    with pytest.raises(FileNotFoundError):
+        _core.ShmStore(name, MIB, create=False)
+    assert not os.path.exists(f"/dev/shm/{name}")
+
+
+@pytest.mark.parametrize("bad", ["", "/", "a/b", "x" * 201, "..", "a\0b"])
+def test_bad_names(bad):
+    with pytest.raises(ValueError):
+        _core.ShmStore(bad, MIB)
+
+
+def test_too_small(name):
+    with pytest.raises(ValueError, match="too small"):
+        _core.ShmStore(name, 64 * 1024)
+    assert not os.path.exists(f"/dev/shm/{name}")
+
+
+def test_add_set_replace_delete(name):
+    s = _core.ShmStore(name, MIB)
+    now = int(time.time())
+    assert not s.put(key(1), "a", now + 60, now, REPLACE)
+    assert s.get(key(1), now) is None
+    assert s.put(key(1), "a", now + 60, now, ADD)
+    assert not s.put(key(1), "b", now + 60, now, ADD)
+    assert s.get(key(1), now) == "a"
+    assert s.put(key(1), b"b" * 5000, now + 60, now, REPLACE)
+    assert s.get(key(1), now) == "b" * 5000
+    assert s.put(key(1), "c", now + 60, now, SET)
+    assert s.contains(key(1), now) and s.get(key(1), now) == "c"
+    assert s.delete(key(1), now) and not s.delete(key(1), now)
+    assert not s.contains(key(1), now)
+    stats = s.stats()
+    assert (stats["inserts"], stats["updates"], stats["deletes"], stats["entries"]) == (1, 2, 1, 0)
+    assert stats["hits"] == 3 and stats["misses"] == 1 and stats["bytes_used"] == 0
+    assert s.check() == {"entries": 0}
+    with pytest.raises(TypeError):
+        s.put(key(1), 12, now, now, SET)
+    with pytest.raises(TypeError):
+        s.get("caf\u00e9" * 10, now)
+    with pytest.raises(ValueError):
+        s.get("k" * 256, now)
+    with pytest.raises(ValueError):
+        s.put(key(1), "v", now, now, 3)
+
+
+def test_expiry_on_read(name):
+    s = _core.ShmStore(name, MIB)
+    now = 1_800_000_000
+    s.put(key(1), "v", now + 10, now, SET)
+    assert s.get(key(1), now + 9) == "v"
+    assert s.get(key(1), now + 10) is None  # expires_at <= now: gone
+    assert s.stats()["expirations"] == 1 and s.stats()["entries"] == 0
+    s.put(key(2), "v", now + 10, now, SET)
+    assert not s.put(key(2), "w", now + 20, now + 10, REPLACE)  # an expired entry is no entry
+    assert s.put(key(2), "w", now + 20, now + 10, ADD)
+    assert s.check() == {"entries": 1}
+
+
+def test_incremental_sweep_reclaims_expired(name):
+    s = _core.ShmStore(name, 256 * 1024)  # one stripe
+    stats = s.stats()
+    assert stats["stripes"] == 1
+    now = 1_800_000_000
+    for i in range(100):
+        s.put(key(i), "x" * 100, now + 1, now, SET)
+    assert s.stats()["entries"] == 100
+    # Each write visits 2 buckets: one lap of the table reclaims everything expired, without
+    # anyone reading the expired keys.
+    for i in range(stats["buckets"] // 2):
+        s.put(key(1000), "y", now + 100, now + 5, SET)
+    st = s.stats()
+    assert st["expirations"] == 100 and st["entries"] == 1
+    assert s.sweep(now + 1000) == 1 and s.stats()["entries"] == 0
+    assert s.check() == {"entries": 0}
+
+
+def test_full_store_evicts_lru(name):
+    s = _core.ShmStore(name, 256 * 1024)
+    now = int(time.time())
+    value = "v" * 900  # 1 KiB blocks
+    for i in range(1000):
+        assert s.put(key(i), value, now + 600, now, SET)
+        if i % 10 == 0:
+            assert s.get(key(0), now) == value  # kept hot: never the least recently used
+    st = s.stats()
+    assert st["evictions"] > 700 and st["bytes_used"] <= st["arena_bytes"]
+    assert st["inserts"] - st["evictions"] == st["entries"] == s.check()["entries"]
+    assert s.get(key(0), now) == value
+    assert s.get(key(999), now) == value and s.get(key(1), now) is None
+
+
+def test_expired_go_before_lru(name):
+    s = _core.ShmStore(name, 256 * 1024)
+    now = 1_800_000_000
+    value = "v" * 900
+    n = 0
+    while s.stats()["bytes_free"] >= 1024:
+        s.put(key(n), value, now + (1 if n % 2 else 600), now, SET)
+        n += 1
+    for i in range(0, n, 2):  # the long-lived ones are now the most recently used
+        s.get(key(i), now)
+    s.put(key(10**6), value, now + 600, now + 5, SET)
+    st = s.stats()
+    assert st["evictions"] == 0 and st["expirations"] >= 1
+    assert all(s.get(key(i), now + 5) == value for i in range(0, n, 2))
+
+
+def test_value_too_large_raises_and_disturbs_nothing(name):
+    s = _core.ShmStore(name, 2 * MIB)
+    now = int(time.time())
+    s.put(key(1), "keep", now + 60, now, SET)
+    before = s.stats()
+    limit = s.max_entry - s.entry_overhead - 32
+    assert s.put(key(2), "x" * limit, now + 60, now, SET)
+    with pytest.raises(ValueError, match="larger than the largest"):
+        s.put(key(3), "x" * (limit + 1), now + 60, now, SET)
+    assert s.get(key(1), now) == "keep" and s.get(key(3), now) is None
+    assert s.stats()["inserts"] == before["inserts"] + 1
+
+
+def test_huge_payload_fits_default_size(name):
+    s = _core.ShmStore(name, 64 * MIB)
+    assert s.stats()["stripes"] == 64 and s.max_entry == 256 * 1024
+    now = int(time.time())
+    huge = json.loads((DATA / "session-huge.json").read_text())
+    value = signing.dumps(huge, salt=SALT, compress=False)  # the worst case: incompressible
+    assert s.put(key(1), value, now + 60, now, ADD)
+    assert signing.loads(s.get(key(1), now), salt=SALT) == huge
+
+
+def read_header(name):
+    with open(f"/dev/shm/{name}", "rb") as f:
+        return f.read(4096)
+
+
+@pytest.mark.parametrize(
+    "offset, data, message",
+    [
+        (0, b"NOTCSESS", "bad magic"),
+        (8, struct.pack("=I", 99), "layout version"),
+        (24, struct.pack("=I", 3), "checksum"),  # nstripes
+        (64 + 16 + 8, b"\xff" * 4, "checksum"),  # a byte of the hash key
+    ],
+)
+def test_header_validated_on_attach(name, offset, data, message):
+    _core.ShmStore(name, MIB).close()
+    pwrite(name, offset, data)
+    with pytest.raises(_core.ShmError, match=message) as info:
+        _core.ShmStore(name, MIB)
+    assert name in str(info.value) and "recreate" in str(info.value)
+
+
+def test_wrong_mode_refused(name):
+    fd = os.open(f"/dev/shm/{name}", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    os.close(fd)
+    _core.shm_unlink(name)
+    _core.ShmStore(name, MIB).close()
+    os.chmod(f"/dev/shm/{name}", 0o640)
+    with pytest.raises(_core.ShmError, match="group or others") as info:
+        _core.ShmStore(name, MIB)
+    assert name in str(info.value)
+    os.chmod(f"/dev/shm/{name}", 0o600)
+    _core.ShmStore(name, MIB).close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the segment away")
+def test_wrong_owner_refused(name):
+    _core.ShmStore(name, MIB).close()
+    os.chown(f"/dev/shm/{name}", 4242, -1)
+    with pytest.raises(_core.ShmError, match="another user"):
+        _core.ShmStore(name, MIB)
+
+
+def test_not_a_segment_refused(name):
+    with open(f"/dev/shm/{name}", "wb") as f:
+        f.write(b"\0" * 100)
+    os.chmod(f"/dev/shm/{name}", 0o600)
+    with pytest.raises(_core.ShmError, match="empty"):
+        _core.ShmStore(name, MIB)
+
+
+def test_garbage_in_the_segment(name):
+    """Garbage written over everything but the header and the mutexes: every operation still
+    answers (a session reads as missing, or as data that fails its signature), the stripes
+    repair themselves (counted), and the store is fully consistent and usable afterwards."""
+    s = _core.ShmStore(name, 2 * MIB)
+    g = geometry(name)
+    now = int(time.time())
+    payload = {"user": 1}
+    for i in range(300):
+        s.put(key(i), signing.dumps({"i": i}, salt=SALT), now + 600, now, SET)
+    rng = random.Random(1234)
+    stripe_bytes = 320  # sizeof(shm_stripe): 288 bytes of fields, 64-byte aligned
+    for _ in range(400):
+        region = rng.choice(["stripe", "bucket", "arena", "arena"])
+        size = rng.choice([1, 4, 8, 40])
+        if region == "stripe":  # within the stripe, past its 40-byte mutex
+            si = rng.randrange(g["nstripes"])
+            off = g["stripes_off"] + si * stripe_bytes + 40 + rng.randrange(288 - 40 - size)
+        elif region == "bucket":
+            off = g["buckets_off"] + 4 * rng.randrange(g["nstripes"] * g["nbuckets"])
+        else:
+            off = g["arenas_off"] + rng.randrange(g["nstripes"] * g["arena_size"] - size)
+        pwrite(name, off, rng.randbytes(size))
+    good = bad = missing = 0
+    for i in range(300):
+        raw = s.get(key(i), now)
+        if raw is None:
+            missing += 1
+            continue
+        try:
+            assert signing.loads(raw, salt=SALT) == {"i": i}
+            good += 1
+        except signing.BadSignature:
+            bad += 1
+    assert good > 200
+    for i in range(300, 1300):  # and it keeps working
+        s.put(key(i), signing.dumps(payload, salt=SALT), now + 600, now, SET)
+        s.get(key(rng.randrange(i)), now)
+        if i % 3 == 0:
+            s.delete(key(rng.randrange(i)), now)
+    assert s.stats()["repairs"] >= 1
+    assert s.check()["entries"] == s.stats()["entries"]
+
+
+@pytest.mark.parametrize("fill", [b"\xff", b"\x00", b"\x5a"])
+def test_garbage_over_a_lock(name, fill):
+    """The documented limit: garbage over a stripe's mutex makes that stripe fail with
+    ShmError or TimeoutError (bounded by lock_timeout); no crash, other stripes work."""
+    s = _core.ShmStore(name, MIB, lock_timeout=0.2)
+    g = geometry(name)
+    now = int(time.time())
+    for i in range(64):
+        s.put(key(i), "v", now + 60, now, SET)
+    pwrite(name, g["stripes_off"], fill * 40)  # stripe 0's mutex
+    outcomes = set()
+    for i in range(64):
+        try:
+            outcomes.add(s.get(key(i), now))
+        except (_core.ShmError, TimeoutError) as exc:
+            assert name in str(exc)
+            outcomes.add(type(exc).__name__)
+    assert "v" in outcomes  # the other stripes
+
+
+def test_fork_shares_the_store(name):
+    s = _core.ShmStore(name, MIB)
+    now = int(time.time())
+    pid = os.fork()
+    if pid == 0:  # child: the inherited mapping works
+        code = 0 if s.put(key(7), "from child", now + 60, now, ADD) else 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert s.get(key(7), now) == "from child"
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+@pytest.mark.parametrize("replace", [False, True])
+def test_owner_died_mid_put(name, stage, replace):
+    """A process dies holding the stripe lock (1), with its new entry half written (2), or
+    just after publishing it (3): the next locker repairs the stripe, and every other entry,
+    and the key itself (old or new value, whole), stay readable."""
+    s = _core.ShmStore(name, 256 * 1024, lock_timeout=2.0)
+    now = int(time.time())
+    for i in range(50):
+        s.put(key(i), f"value-{i}-" + "x" * i * 10, now + 600, now, SET)
+    k = key(3) if replace else key(999)
+    new = "new-" + "y" * 3000
+    pid = os.fork()
+    if pid == 0:
+        s._put_and_die(k, new, now + 600, now, SET, stage)
+        os._exit(7)  # not reached
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    got = s.get(k, now)  # would time out if the lock were not recovered
+    old = f"value-3-" + "x" * 30 if replace else None
+    assert got == (new if stage == 3 else old)
+    for i in range(50):
+        if key(i) != k:
+            assert s.get(key(i), now) == f"value-{i}-" + "x" * i * 10
+    st = s.stats()
+    assert st["lock_recoveries"] == 1
+    assert s.check()["entries"] == st["entries"] == 50 + (stage == 3 and not replace)
+
+
+def test_counters_add_up(name):
+    s = _core.ShmStore(name, 256 * 1024)
+    rng = random.Random(5)
+    now = 1_800_000_000
+    gets = 0
+    for _ in range(5000):
+        k = key(rng.randrange(400))
+        op = rng.random()
+        if op < 0.4:
+            s.put(k, "v" * rng.choice([100, 600, 3000, 9000]), now + rng.randrange(1, 30), now,
+                  rng.randrange(3))
+        elif op < 0.8:
+            s.get(k, now)
+            gets += 1
+        elif op < 0.9:
+            s.delete(k, now)
+        else:
+            now += 1
+    st = s.stats()
+    assert st["hits"] + st["misses"] == gets
+    assert st["evictions"] > 0 and st["expirations"] > 0
+    assert st["inserts"] - st["deletes"] - st["evictions"] - st["expirations"] - st["discarded"] \
+        == st["entries"] == s.check()["entries"]
+    assert st["bytes_used"] + st["bytes_free"] == st["arena_bytes"]
+
+
+def test_stopped_holder_times_out_then_killed_holder_recovers(name):
+    s = _core.ShmStore(name, 256 * 1024, lock_timeout=0.3)
+    now = int(time.time())
+    pid = os.fork()
+    if pid == 0:
+        s._put_and_die(key(1), "v", now + 60, now, SET, 4)  # stops holding the lock
+        os._exit(0)
+    try:
+        os.waitpid(pid, os.WUNTRACED)  # until it has stopped, lock held
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match=name):
+            s.get(key(1), now)
+        assert 0.25 < time.monotonic() - started < 3
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert s.get(key(1), now) is None  # the lock was recovered, the half-done put dropped
+    assert s.stats()["lock_recoveries"] == 1 and s.check() == {"entries": 0}
+
+
+# ------------------------------------------------------------------------------ the engine
+
+
+def test_engine_lifecycle(engine):
+    store = engine.SessionStore()
+    store["cart"] = [1, 2, 3]
+    store.save()
+    k = store.session_key
+    assert len(k) == 32
+    again = engine.SessionStore(k)
+    assert again["cart"] == [1, 2, 3] and again.exists(k)
+    raw = engine.store().get(k, int(time.time()))
+    assert signing.loads(raw, salt=SALT) == {"cart": [1, 2, 3]}  # signed, Django's format
+    again["cart"] = [4]
+    again.save()
+    assert engine.SessionStore(k)["cart"] == [4]
+    again.delete()
+    assert not again.exists(k)
+    with pytest.raises(UpdateError):
+        store.save()  # deleted meanwhile: not resurrected
+    missing = engine.SessionStore("nosuchkey" * 3)
+    assert missing.load() == {} and missing.session_key is None
+
+
+def test_engine_create_collision(engine):
+    a = engine.SessionStore()
+    a.create()
+    b = engine.SessionStore(a.session_key)
+    with pytest.raises(CreateError):
+        b.save(must_create=True)
+
+
+def test_engine_odd_keys(engine):
+    for k in ["caf\u00e9" * 8, "k" * 300]:
+        s = engine.SessionStore(k)
+        assert s.load() == {} and not s.exists(k)
+        s.delete(k)
+        s = engine.SessionStore(k)
+        s._session_cache = {"a": 1}
+        with pytest.raises(UpdateError):
+            s.save()
+
+
+def test_engine_expiry(engine):
+    s = engine.SessionStore()
+    s["a"] = 1
+    s.set_expiry(-10)
+    s.save()
+    assert engine.SessionStore(s.session_key).load() == {}
+    s2 = engine.SessionStore()
+    s2["a"] = 1
+    s2.set_expiry(100)
+    s2.create()
+    s2.save()
+    t = time.time()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(time, "time", lambda: t + 99)
+        assert engine.SessionStore(s2.session_key)["a"] == 1
+        mp.setattr(time, "time", lambda: t + 101)
+        assert not engine.SessionStore(s2.session_key).exists(s2.session_key)
+        engine.SessionStore.clear_expired()
+
+
+def test_engine_clear_expired(engine):
+    for age in (-5, -5, 300):
+        s = engine.SessionStore()
+        s.set_expiry(age)
+        s["x"] = 1
+        s.save()
+    assert engine.stats()["entries"] == 3
+    engine.SessionStore.clear_expired()
+    assert engine.stats()["entries"] == 1 and engine.stats()["expirations"] == 2
+
+
+def test_engine_too_large(engine):
+    s = engine.SessionStore()
+    s["small"] = 1
+    s.save()
+    before = engine.stats()
+    s["big"] = secrets.token_hex(200_000)  # incompressible, ~530 KB encoded
+    with pytest.raises(shm.SessionTooLarge, match="accepts per session") as info:
+        s.save()
+    assert isinstance(info.value, ValueError)
+    assert engine.SessionStore(s.session_key).load() == {"small": 1}
+    assert engine.stats()["inserts"] == before["inserts"]
+
+
+def test_engine_tampered_value_is_empty_session(engine, caplog):
+    s = engine.SessionStore()
+    s["user"] = 1
+    s.save()
+    now = int(time.time())
+    engine.store().put(s.session_key, "eyJ1c2VyIjoyfQ:1vb66i:forged", now + 60, now, SET)
+    assert engine.SessionStore(s.session_key).load() == {}
+    assert "Session data corrupted" in caplog.text
+
+
+def test_engine_async(engine):
+    async def go():
+        s = engine.SessionStore()
+        await s.aset("a", 1)
+        await s.asave()
+        k = s.session_key
+        assert await s.aexists(k)
+        t = engine.SessionStore(k)
+        assert await t.aget("a") == 1
+        await t.acycle_key()
+        assert not await t.aexists(k) and await t.aexists(t.session_key)
+        await t.adelete()
+        with pytest.raises(UpdateError):
+            await t.asave()
+        await engine.SessionStore.aclear_expired()
+
+    asyncio.run(go())
+
+
+def test_default_name_is_per_project():
+    a = shm.default_name()
+    with override_settings(ROOT_URLCONF="other.urls"):
+        b = shm.default_name()
+    assert a != b and a.startswith(f"csessions-{os.geteuid()}-")
+
+
+def test_settings_changes_are_followed(engine, name):
+    first = engine.store()
+    other = unique_name()
+    try:
+        with override_settings(CSESSIONS_SHM_NAME=other):
+            assert engine.store().name == "/" + other
+            engine.store().close()
+        assert engine.store() is first
+    finally:
+        _core.shm_unlink(other)
+
+
+def test_management_command(engine, name):
+    s = engine.SessionStore()
+    s["a"] = 1
+    s.save()
+    out = io.StringIO()
+    call_command(Command(), "stats", stdout=out)
+    assert "entries" in out.getvalue() and name in out.getvalue()
+    out = io.StringIO()
+    call_command(Command(), "stats", "--json", stdout=out)
+    assert json.loads(out.getvalue())["entries"] == 1
+    out = io.StringIO()
+    call_command(Command(), "check", stdout=out)
+    assert "consistent" in out.getvalue()
+    call_command(Command(), "recreate", stdout=io.StringIO())
+    assert engine.stats()["entries"] == 0
+    assert engine.SessionStore(s.session_key).load() == {}
