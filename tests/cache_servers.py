@@ -21,6 +21,8 @@ import subprocess
 import tempfile
 import time
 
+from pg_server import die_with_parent
+
 try:
     import pytest
 except ImportError:  # bench/cache_cycle.py uses the servers without pytest
@@ -106,6 +108,7 @@ class Server:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,  # a killed test run must not leave a server behind
             )
             deadline = time.monotonic() + START_TIMEOUT
             while time.monotonic() < deadline:

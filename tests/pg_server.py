@@ -70,7 +70,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def _die_with_parent():
+def die_with_parent():
     # Runs in the child after the setuid (a credential change clears the parent-death signal,
     # so it has to come after). A killed test run must not leave a server behind.
     PR_SET_PDEATHSIG = 1
@@ -146,7 +146,7 @@ class PostgresServer:
                 with open(self.log_path, "ab") as log:
                     self.proc = subprocess.Popen(argv, cwd=self.tmp, env=env, stdin=subprocess.DEVNULL,
                                                  stdout=log, stderr=subprocess.STDOUT,
-                                                 preexec_fn=_die_with_parent, **user)
+                                                 preexec_fn=die_with_parent, **user)
                 deadline = time.monotonic() + START_TIMEOUT
                 while time.monotonic() < deadline and self.proc.poll() is None:
                     if self._accepts():
