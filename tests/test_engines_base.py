@@ -8,7 +8,10 @@ from django.test import override_settings
 
 from csessions.serializers import JSONSerializer
 
-ENGINES = [("csessions.backends.signed_cookies", "django.contrib.sessions.backends.signed_cookies")]
+ENGINES = [
+    (f"csessions.backends.{name}", f"django.contrib.sessions.backends.{name}")
+    for name in ("signed_cookies", "db", "cached_db", "cache")
+]
 
 
 @pytest.mark.parametrize("ours, django", ENGINES)
