@@ -22,14 +22,15 @@
  *
  * file_sweep() is clear_expired. Each session file is read, its signature checked against
  * the HMAC keys given, its payload decoded and one top-level JSON field (the expiry) picked
- * out with simdjson, without a Python object; threads judge many files at once. A file is
- * removed, if it is still the file judged (same inode, size and mtime), when the field is
- * a number < 0, or when the field is absent or falsy (null, false, 0, "") and its mtime is
- * below mtime_lo. It is kept when it is empty, when the field is a number > 0 (or true),
- * or when there is no usable field and its mtime is above mtime_hi. Whatever else needs a
- * verdict goes to callback(name, mtime, status, value), in the calling thread with the GIL;
- * a true answer removes the file (same check), except for CS_SWEEP_OTHER. Temp files whose
- * mtime is below temp_cutoff are removed. Other names, symlinks, directories and files
+ * out without a Python object (a strict scanner, simdjson when it is unsure); `threads`
+ * threads judge a batch of names at once. A file is removed, if it is still the file judged
+ * (same inode, size and mtime), when the field is a number < 0, or when the field is absent
+ * or falsy (null, false, 0, "", [], {}) and its mtime is below mtime_lo. It is kept when it
+ * is empty, when the field is a number > 0 (or true), or when there is no usable field and
+ * its mtime is above mtime_hi. Whatever else needs a verdict goes to callback(name, mtime,
+ * status, value) after the batch, in the calling thread, with the GIL; a true answer removes
+ * the file (same check), except for CS_SWEEP_OTHER, whose callback does it all. Temp files
+ * whose mtime is below temp_cutoff are removed. Other names, symlinks, directories and files
  * that cannot be opened are left alone.
  */
 #ifndef CSESSIONS_FILEIO_H

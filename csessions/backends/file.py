@@ -34,13 +34,17 @@ Differences from Django's engine:
 * ``clear_expired()`` (``manage.py clearsessions``) also removes the temp files of writers that
   crashed (Django's ``mkstemp`` names and ours), once older than ``temp_file_grace`` seconds
   (a class attribute, one hour) so that a live writer's file is never taken from under it.
-  It runs in C (``_core.file_sweep``): each file is read, its signature checked and its
-  ``_session_expiry`` picked out of the JSON without building Python objects; only the files
-  whose verdict needs Python (an ISO-date expiry, a corrupt file, an mtime within seconds of
-  the cutoff (two days with USE_TZ = False), anything unusual) reach Python, which judges them with Django's own methods. A
-  file is removed only if it is still the file that was judged (same inode, size and mtime).
-  Custom serializers and subclasses that override how a session is decoded or judged get
-  Django's procedure for every file instead (still without the temp files).
+  Django decodes every file in Python; here the sweep runs in C (``_core.file_sweep``), on
+  ``sweep_threads`` threads (a class attribute; by default one per usable CPU, at most 8):
+  each file is read, its signature checked and its ``_session_expiry`` picked out of the
+  JSON without building a Python object. Only the files whose verdict needs Python reach
+  it, and Django's own methods judge them: an ISO-date expiry, a corrupt file, an mtime
+  within 2 seconds of the cutoff (2 days with ``USE_TZ = False``: local time), anything
+  unusual. A file is removed only if it is still the file that was judged (same inode, size
+  and mtime), so a session saved meanwhile survives. The verdicts are Django's, file for
+  file (tested on identical copies of mixed directories). Custom serializers, and
+  subclasses that override how a session is decoded or judged, get Django's procedure for
+  every file (still read by C, still with the temp files).
 * The storage path is cached on the class asking for it, as in Django, but not inherited from
   Django's class (which would hand this engine the path Django's engine cached earlier).
 """
