@@ -13,6 +13,11 @@
 #include <sodium.h>
 
 #include "hmac.h"
+#include "util.h"
+
+#ifndef O_NOATIME /* Linux only */
+#define O_NOATIME 0
+#endif
 
 #define OPEN_READ (O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK)
 #define OPEN_CREATE (O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC)
@@ -258,17 +263,6 @@ done:
 
 /* --- save ---------------------------------------------------------------------------- */
 
-static int
-check_nargs(const char *name, Py_ssize_t nargs, Py_ssize_t expected)
-{
-    if (nargs != expected) {
-        PyErr_Format(PyExc_TypeError, "%s() takes exactly %zd arguments (%zd given)", name,
-                     expected, nargs);
-        return -1;
-    }
-    return 0;
-}
-
 /* Opens a new temp file `<path>_out_<random>` exclusively; tmp receives its name (it has
  * room for the suffix). Returns the descriptor, or -1 with errno set. */
 static int
@@ -371,7 +365,7 @@ PyObject *
 cs_file_save(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (check_nargs("file_save", nargs, 4) < 0) {
+    if (cs_check_nargs("file_save", nargs, 4) < 0) {
         return NULL;
     }
     if (!PyBytes_Check(args[1])) {
@@ -409,7 +403,7 @@ PyObject *
 cs_file_unlink(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (check_nargs("file_unlink", nargs, 2) < 0) {
+    if (cs_check_nargs("file_unlink", nargs, 2) < 0) {
         return NULL;
     }
     int durable = PyObject_IsTrue(args[1]);
@@ -1033,22 +1027,6 @@ enum {
     BY_MTIME = 12, /* no usable field: expired iff mtime + cookie age has passed */
 };
 
-static int
-is_ascii(const char *s, size_t n)
-{
-    uint64_t acc = 0;
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t word;
-        memcpy(&word, s + i, 8);
-        acc |= word;
-    }
-    for (; i < n; i++) {
-        acc |= (unsigned char)s[i];
-    }
-    return (acc & UINT64_C(0x8080808080808080)) == 0;
-}
-
 static const char *
 find_last(const char *s, size_t n, char c)
 {
@@ -1089,7 +1067,7 @@ judge(const sweep *s, worker *w, const char *data, size_t n)
     if (s->keys == NULL) {
         return CS_SWEEP_OTHER;
     }
-    if (!is_ascii(data, n)) {
+    if (!cs_is_ascii(data, n)) {
         return CS_SWEEP_CORRUPT;
     }
     /* Signer.unsign: value, sig = rsplit(":", 1); any of the keys may have signed it. */
@@ -1130,7 +1108,7 @@ judge(const sweep *s, worker *w, const char *data, size_t n)
         json = &w->inflated;
     }
     /* Django reads the JSON as latin-1, simdjson as UTF-8: only ASCII means the same. */
-    if (!is_ascii(json->data, json->len)) {
+    if (!cs_is_ascii(json->data, json->len)) {
         return CS_SWEEP_OTHER;
     }
     w->text.len = 0;
@@ -1508,7 +1486,7 @@ PyObject *
 cs_file_sweep(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (check_nargs("file_sweep", nargs, 9) < 0) {
+    if (cs_check_nargs("file_sweep", nargs, 9) < 0) {
         return NULL;
     }
     PyObject *result = NULL;

@@ -14,6 +14,7 @@
  * hashed once per document.
  */
 #include "json.h"
+#include "util.h"
 
 typedef struct {
     PyObject *container; /* borrowed: owned by its parent or by builder.root */
@@ -157,22 +158,6 @@ static const cs_json_visitor visitor = {
     .end_object = pop,
 };
 
-static int
-is_ascii(const char *buf, Py_ssize_t len)
-{
-    uint64_t acc = 0;
-    Py_ssize_t i = 0;
-    for (; i + 8 <= len; i += 8) {
-        uint64_t w;
-        memcpy(&w, buf + i, 8);
-        acc |= w;
-    }
-    for (; i < len; i++) {
-        acc |= (unsigned char)buf[i];
-    }
-    return (acc & UINT64_C(0x8080808080808080)) == 0;
-}
-
 static PyObject *
 decode_exact(cs_state *st, const char *buf, Py_ssize_t len)
 {
@@ -188,7 +173,7 @@ decode_exact(cs_state *st, const char *buf, Py_ssize_t len)
 PyObject *
 cs_json_decode(cs_state *st, const char *buf, Py_ssize_t len)
 {
-    if (!is_ascii(buf, len)) {
+    if (!cs_is_ascii(buf, (size_t)len)) {
         return decode_exact(st, buf, len);
     }
     /* Building objects can run arbitrary finalizers, which may decode JSON again: such a

@@ -11,6 +11,7 @@
 #include "shm.h"
 #include "hmac.h"
 #include "json.h"
+#include "util.h"
 
 static PyObject *
 json_dumps(PyObject *module, PyObject *obj)
@@ -39,17 +40,6 @@ json_loads(PyObject *module, PyObject *data)
 }
 
 static int
-check_nargs(const char *name, Py_ssize_t nargs, Py_ssize_t expected)
-{
-    if (nargs != expected) {
-        PyErr_Format(PyExc_TypeError, "%s() takes exactly %zd arguments (%zd given)", name,
-                     expected, nargs);
-        return -1;
-    }
-    return 0;
-}
-
-static int
 check_error_types(cs_state *st)
 {
     if (st->bad_signature == NULL || st->signature_expired == NULL) {
@@ -63,7 +53,7 @@ check_error_types(cs_state *st)
 static PyObject *
 sign_object(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (check_nargs("sign_object", nargs, 5) < 0) {
+    if (cs_check_nargs("sign_object", nargs, 5) < 0) {
         return NULL;
     }
     if (!PyLong_Check(args[3])) {
@@ -82,7 +72,7 @@ static PyObject *
 unsign_object(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     cs_state *st = cs_get_state(module);
-    if (check_nargs("unsign_object", nargs, 6) < 0 || check_error_types(st) < 0) {
+    if (cs_check_nargs("unsign_object", nargs, 6) < 0 || check_error_types(st) < 0) {
         return NULL;
     }
     return cs_unsign_object(st, args[0], args[1], args[2], args[3], args[4], args[5]);
@@ -122,7 +112,7 @@ new_session_key(PyObject *module, PyObject *unused)
 static PyObject *
 set_error_types(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (check_nargs("set_error_types", nargs, 2) < 0) {
+    if (cs_check_nargs("set_error_types", nargs, 2) < 0) {
         return NULL;
     }
     for (int i = 0; i < 2; i++) {
@@ -142,7 +132,7 @@ static PyObject *
 hmac_bench(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (check_nargs("hmac_bench", nargs, 4) < 0) {
+    if (cs_check_nargs("hmac_bench", nargs, 4) < 0) {
         return NULL;
     }
     const char *backend = PyUnicode_AsUTF8(args[0]);

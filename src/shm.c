@@ -15,6 +15,7 @@
 #include <sodium.h>
 
 #include "shm.h"
+#include "util.h"
 
 #define SHM_MAGIC "CSESSHM"          /* 8 bytes with its NUL */
 #define SHM_VERSION 1u
@@ -1150,17 +1151,6 @@ check_open(ShmStore *s)
     return 0;
 }
 
-static int
-check_nargs(const char *name, Py_ssize_t nargs, Py_ssize_t expected)
-{
-    if (nargs != expected) {
-        PyErr_Format(PyExc_TypeError, "%s() takes exactly %zd arguments (%zd given)", name,
-                     expected, nargs);
-        return -1;
-    }
-    return 0;
-}
-
 /* Locks the key's stripe; on success the caller must stripe_unlock(c->st). */
 static int
 lock_key(ShmStore *s, PyObject *key, const char **k, Py_ssize_t *klen, shm_ctx *c)
@@ -1198,7 +1188,7 @@ store_get(ShmStore *s, PyObject *const *args, Py_ssize_t nargs)
     shm_hit hit;
     PyObject *result = NULL;
     int tries = 0;
-    if (check_nargs("get", nargs, 2) < 0 || as_time(args[1], &now) < 0 ||
+    if (cs_check_nargs("get", nargs, 2) < 0 || as_time(args[1], &now) < 0 ||
         lock_key(s, args[0], &k, &klen, &c) < 0) {
         return NULL;
     }
@@ -1370,14 +1360,14 @@ done:
 static PyObject *
 store_put(ShmStore *s, PyObject *const *args, Py_ssize_t nargs)
 {
-    return check_nargs("put", nargs, 5) < 0 ? NULL : put_impl(s, args, 0);
+    return cs_check_nargs("put", nargs, 5) < 0 ? NULL : put_impl(s, args, 0);
 }
 
 /* _put_and_die(key, value, expires, now, mode, stage): see maybe_die. */
 static PyObject *
 store_put_and_die(ShmStore *s, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (check_nargs("_put_and_die", nargs, 6) < 0) {
+    if (cs_check_nargs("_put_and_die", nargs, 6) < 0) {
         return NULL;
     }
     long stage = PyLong_AsLong(args[5]);
@@ -1397,7 +1387,7 @@ store_delete(ShmStore *s, PyObject *const *args, Py_ssize_t nargs)
     shm_ctx c;
     shm_hit hit;
     int tries = 0, deleted = 0;
-    if (check_nargs("delete", nargs, 2) < 0 || as_time(args[1], &now) < 0 ||
+    if (cs_check_nargs("delete", nargs, 2) < 0 || as_time(args[1], &now) < 0 ||
         lock_key(s, args[0], &k, &klen, &c) < 0) {
         return NULL;
     }
@@ -1433,7 +1423,7 @@ store_contains(ShmStore *s, PyObject *const *args, Py_ssize_t nargs)
     shm_ctx c;
     shm_hit hit;
     int tries = 0;
-    if (check_nargs("contains", nargs, 2) < 0 || as_time(args[1], &now) < 0 ||
+    if (cs_check_nargs("contains", nargs, 2) < 0 || as_time(args[1], &now) < 0 ||
         lock_key(s, args[0], &k, &klen, &c) < 0) {
         return NULL;
     }
