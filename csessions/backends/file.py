@@ -227,7 +227,9 @@ class SessionStore(CSessionMixin, file.SessionStore):
                 hashlib.sha256(salt + force_bytes(secret)).digest()
                 for secret in [setting("SECRET_KEY"), *setting("SECRET_KEY_FALLBACKS")]
             ]
-        cutoff = timezone.now().timestamp() - judge.get_session_cookie_age()
+        # One "now" for the whole sweep (Django's load() asks for it at each file).
+        now = timezone.now()
+        cutoff = now.timestamp() - judge.get_session_cookie_age()
         margin = MTIME_MARGIN_UTC if setting("USE_TZ") else MTIME_MARGIN_LOCAL
         prefix_len = len(file_prefix)
 
@@ -241,7 +243,7 @@ class SessionStore(CSessionMixin, file.SessionStore):
             if status == SWEEP_CORRUPT:
                 corrupt_logger.warning("Session data corrupted")
             expiry = value if status == SWEEP_STRING else judge._expiry_date({}, mtime)
-            return judge.get_expiry_age(expiry=expiry) <= 0
+            return judge.get_expiry_age(modification=now, expiry=expiry) <= 0
 
         _core.file_sweep(
             storage_path,
