@@ -346,18 +346,28 @@ signature(cs_state *st, PyObject *salt, PyObject *secret, const char *msg, Py_ss
 
 /* --- zlib --------------------------------------------------------------------------- */
 
-/* Compresses in into out at zlib's default level, the stream zlib.compress() makes.
+/* Compresses in into out at `level`; at Z_DEFAULT_COMPRESSION, the stream zlib.compress()
+ * makes. One stream serves every level: deflateParams right after deflateReset sets exactly
+ * what deflateInit at that level would, so the default level's bytes stay zlib.compress's.
  * Returns 0, or -1 with an exception set. */
 static int
-deflate_into(cs_state *st, cs_buf *out, const char *in, Py_ssize_t n)
+deflate_into(cs_state *st, cs_buf *out, const char *in, Py_ssize_t n, int level)
 {
     z_stream *z = &st->deflater;
-    int rc = st->deflater_ready ? deflateReset(z) : deflateInit(z, Z_DEFAULT_COMPRESSION);
+    int rc = st->deflater_ready ? deflateReset(z) : deflateInit(z, level);
+    if (rc == Z_OK && st->deflater_ready && st->deflater_level != level) {
+        rc = deflateParams(z, level, Z_DEFAULT_STRATEGY);
+    }
     if (rc != Z_OK) {
+        if (st->deflater_ready) { /* start afresh next time */
+            deflateEnd(z);
+            st->deflater_ready = 0;
+        }
         PyErr_SetString(PyExc_MemoryError, "zlib: cannot initialise compression");
         return -1;
     }
     st->deflater_ready = 1;
+    st->deflater_level = level;
     uLong bound = deflateBound(z, (uLong)n);
     if (cs_buf_reserve(out, (Py_ssize_t)bound) < 0) {
         return -1;
@@ -425,7 +435,7 @@ inflate_into(cs_state *st, cs_buf *out, const unsigned char *in, Py_ssize_t n)
 
 PyObject *
 cs_sign_object(cs_state *st, PyObject *obj, PyObject *secret, PyObject *salt,
-               PyObject *timestamp, int compress)
+               PyObject *timestamp, int level, Py_ssize_t compress_above)
 {
     PyObject *result = NULL;
     cs_buf json, packed, out;
@@ -438,8 +448,8 @@ cs_sign_object(cs_state *st, PyObject *obj, PyObject *secret, PyObject *salt,
     const char *data = json.data;
     Py_ssize_t n = json.len;
     int dotted = 0;
-    if (compress) {
-        if (deflate_into(st, &packed, json.data, json.len) < 0) {
+    if (level != 0 && json.len > compress_above) {
+        if (deflate_into(st, &packed, json.data, json.len, level) < 0) {
             goto done;
         }
         if (packed.len < json.len - 1) { /* Django keeps it only if it saves 2 bytes */

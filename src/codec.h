@@ -12,9 +12,12 @@
 
 #include "state.h"
 
-/* New reference to the signed str, or NULL with an exception set. */
+/* New reference to the signed str, or NULL with an exception set. `level` 0 never
+ * compresses; otherwise JSON longer than `compress_above` bytes is deflated at that zlib
+ * level (Z_DEFAULT_COMPRESSION with compress_above 0: Django's compress=True, byte for
+ * byte) and kept when it saves at least 2 bytes, as Django does. */
 PyObject *cs_sign_object(cs_state *st, PyObject *obj, PyObject *secret, PyObject *salt,
-                         PyObject *timestamp, int compress);
+                         PyObject *timestamp, int level, Py_ssize_t compress_above);
 
 /* New reference to the decoded object, or NULL with an exception set: the registered
  * BadSignature / SignatureExpired types, or what Django's code raises for a validly

@@ -27,9 +27,18 @@ json_dumps(PyObject *module, PyObject *obj)
     return result;
 }
 
+/* json_loads(bytes-like, or a str of code points < 256: read as the latin-1 bytes it holds) */
 static PyObject *
 json_loads(PyObject *module, PyObject *data)
 {
+    if (PyUnicode_Check(data)) {
+        if (PyUnicode_KIND(data) != PyUnicode_1BYTE_KIND) {
+            PyErr_SetString(PyExc_ValueError, "json_loads(): a str must hold only code points < 256");
+            return NULL;
+        }
+        return cs_json_decode(cs_get_state(module), (const char *)PyUnicode_1BYTE_DATA(data),
+                              PyUnicode_GET_LENGTH(data));
+    }
     Py_buffer view;
     if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
         return NULL;
@@ -49,22 +58,28 @@ check_error_types(cs_state *st)
     return 0;
 }
 
-/* sign_object(obj, secret, salt, timestamp: int, compress: bool) -> str */
+/* sign_object(obj, secret, salt, timestamp: int, level: int, compress_above: int) -> str */
 static PyObject *
 sign_object(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (cs_check_nargs("sign_object", nargs, 5) < 0) {
+    if (cs_check_nargs("sign_object", nargs, 6) < 0) {
         return NULL;
     }
-    if (!PyLong_Check(args[3])) {
-        PyErr_SetString(PyExc_TypeError, "sign_object() takes an int timestamp");
+    if (!PyLong_Check(args[3]) || !PyLong_Check(args[4]) || !PyLong_Check(args[5])) {
+        PyErr_SetString(PyExc_TypeError, "sign_object() takes int timestamp, level, compress_above");
         return NULL;
     }
-    int compress = PyObject_IsTrue(args[4]);
-    if (compress < 0) {
+    long level = PyLong_AsLong(args[4]);
+    Py_ssize_t above = PyLong_AsSsize_t(args[5]);
+    if ((level == -1 || above == -1) && PyErr_Occurred()) {
         return NULL;
     }
-    return cs_sign_object(cs_get_state(module), args[0], args[1], args[2], args[3], compress);
+    if (level < Z_DEFAULT_COMPRESSION || level > Z_BEST_COMPRESSION || above < 0) {
+        PyErr_SetString(PyExc_ValueError, "sign_object(): level must be -1..9, compress_above >= 0");
+        return NULL;
+    }
+    return cs_sign_object(cs_get_state(module), args[0], args[1], args[2], args[3], (int)level,
+                          above);
 }
 
 /* unsign_object(signed: str, secret, fallback_keys, salt, max_age or None, now: float) */
@@ -167,7 +182,8 @@ static PyMethodDef core_methods[] = {
     {"json_loads", json_loads, METH_O,
      "json_loads(data: bytes) -> object, as json.loads(data.decode('latin-1'))"},
     {"sign_object", (PyCFunction)(void (*)(void))sign_object, METH_FASTCALL,
-     "sign_object(obj, secret, salt, timestamp, compress) -> str (TimestampSigner.sign_object)"},
+     "sign_object(obj, secret, salt, timestamp, level, compress_above) -> str "
+     "(TimestampSigner.sign_object; level -1 and compress_above 0 are compress=True)"},
     {"unsign_object", (PyCFunction)(void (*)(void))unsign_object, METH_FASTCALL,
      "unsign_object(signed, secret, fallback_keys, salt, max_age, now) -> object"},
     {"new_session_key", new_session_key, METH_NOARGS,

@@ -28,6 +28,7 @@ typedef struct {
     z_stream deflater;
     z_stream inflater;
     int deflater_ready;
+    int deflater_level;          /* the level deflater is set to */
     int inflater_ready;
 } cs_state;
 

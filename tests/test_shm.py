@@ -23,6 +23,7 @@ from django.test import override_settings
 
 from csessions import _core, signing
 from csessions.backends import shm
+from csessions.serializers import JSONSerializer
 from csessions.management.commands.csessions_shm import Command
 
 SALT = "django.contrib.sessions.SessionStore"
@@ -439,7 +440,7 @@ def test_engine_lifecycle(engine):
     again = engine.SessionStore(k)
     assert again["cart"] == [1, 2, 3] and again.exists(k)
     raw = engine.store().get(k, int(time.time()))
-    assert signing.loads(raw, salt=SALT) == {"cart": [1, 2, 3]}  # signed, Django's format
+    assert raw == '{"cart":[1,2,3]}'  # the serializer's output, unsigned (see shm's docstring)
     again["cart"] = [4]
     again.save()
     assert engine.SessionStore(k)["cart"] == [4]
@@ -514,14 +515,43 @@ def test_engine_too_large(engine):
     assert engine.stats()["inserts"] == before["inserts"]
 
 
-def test_engine_tampered_value_is_empty_session(engine, caplog):
+@pytest.mark.parametrize("value", [b"", b"{not json", b"z\x78garbage", b"?what", b"\xff" * 9,
+                                   "eyJ1c2VyIjoyfQ:1vb66i:forged"])
+def test_engine_undecodable_value_is_empty_session(engine, caplog, value):
     s = engine.SessionStore()
     s["user"] = 1
     s.save()
+    other = engine.SessionStore()
+    other["user"] = 2
+    other.save()
     now = int(time.time())
-    engine.store().put(s.session_key, "eyJ1c2VyIjoyfQ:1vb66i:forged", now + 60, now, SET)
+    engine.store().put(s.session_key, value, now + 60, now, SET)
     assert engine.SessionStore(s.session_key).load() == {}
     assert "Session data corrupted" in caplog.text
+    assert engine.SessionStore(other.session_key)["user"] == 2  # nothing else disturbed
+
+
+@pytest.mark.parametrize("size", [10, shm.COMPRESS_ABOVE + 100])
+def test_engine_values_round_trip(engine, size):
+    """JSON as the serializer writes it, compressed above COMPRESS_ABOVE; what loads is what
+    JSONSerializer's dumps + loads give (tuples become lists, int keys strings)."""
+    data = {"t": (1, 2.5, None, True), 3: "é😀" * size, "nested": {"a": [{"b": []}]}}
+    s = engine.SessionStore()
+    s.update(data)
+    s.save()
+    raw = engine.store().get(s.session_key, int(time.time()))
+    assert raw.startswith("z" if size > 100 else "{")
+    expected = JSONSerializer().loads(JSONSerializer().dumps(data))
+    assert engine.SessionStore(s.session_key).load() == expected
+
+
+def test_engine_other_serializer(engine):
+    with override_settings(SESSION_SERIALIZER="test_signing.ReprSerializer"):
+        s = engine.SessionStore()
+        s["t"] = (1, 2)
+        s.save()
+        assert engine.store().get(s.session_key, int(time.time())) == "s{'t': (1, 2)}"
+        assert engine.SessionStore(s.session_key)["t"] == (1, 2)
 
 
 def test_engine_async(engine):

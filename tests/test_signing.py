@@ -144,6 +144,36 @@ def test_dumps_identical_and_cross_loads(obj, salt, key, now, compress, strict_e
         strict_equal(cs.loads(expected, key, salt, dj.JSONSerializer, None, None), decoded)
 
 
+@pytest.mark.parametrize("size", [10, cs.STORE_COMPRESS_ABOVE - 20, cs.STORE_COMPRESS_ABOVE + 10, 100_000])
+def test_dumps_for_store(size):
+    """What the server-side engines store: Django's format and decoder, compressed (at zlib's
+    fastest level) only above STORE_COMPRESS_ABOVE bytes of JSON; and signing.dumps, which
+    shares the C deflate stream, still gives Django's bytes right after it."""
+    obj = {"k": "ab" * (size // 2)}
+    json_len = len(json.dumps(obj, separators=(",", ":")))
+    with at(VECTOR_TIME):
+        stored = cs.dumps_for_store(obj, SESSION_SALT, cs_serializers.JSONSerializer)
+        assert stored.startswith(".") == (json_len > cs.STORE_COMPRESS_ABOVE)
+        assert dj.loads(stored, salt=SESSION_SALT) == obj
+        if not stored.startswith("."):
+            assert stored == dj.dumps(obj, salt=SESSION_SALT)
+        else:
+            body = stored[1:].split(":")[0]
+            packed = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+            assert packed == zlib.compress(json.dumps(obj, separators=(",", ":")).encode(), 1)
+        for compress in (True, False):
+            assert cs.dumps(obj, salt=SESSION_SALT, compress=compress) == dj.dumps(
+                obj, salt=SESSION_SALT, compress=compress)
+
+
+def test_dumps_for_store_other_serializer():
+    with at(VECTOR_TIME):
+        got = cs.dumps_for_store({"a": 1}, SESSION_SALT, dj.JSONSerializer)
+        assert got == dj.dumps({"a": 1}, salt=SESSION_SALT, compress=True)
+        other = cs.dumps_for_store({"a": (1, 2)}, SESSION_SALT, ReprSerializer)
+        assert dj.loads(other, salt=SESSION_SALT, serializer=ReprSerializer) == {"a": (1, 2)}
+
+
 @settings(max_examples=100)
 @given(obj=json_values, compress=st.booleans())
 def test_dumps_any_json_value_top_level(obj, compress, strict_equal):

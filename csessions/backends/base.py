@@ -30,7 +30,7 @@ class CSessionMixin:
         return setting("SESSION_COOKIE_AGE")
 
     def encode(self, session_dict):
-        return signing.dumps(session_dict, salt=self.key_salt, serializer=self.serializer, compress=True)
+        return signing.dumps_for_store(session_dict, self.key_salt, self.serializer)
 
     def decode(self, session_data):
         try:

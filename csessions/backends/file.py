@@ -218,7 +218,7 @@ class SessionStore(CSessionMixin, file.SessionStore):
         file_prefix = setting("SESSION_COOKIE_NAME")
         judge = cls()
         keys = None
-        if judge.serializer in signing._C_SERIALIZERS and all(
+        if judge.serializer in signing.C_SERIALIZERS and all(
             getattr(cls, name) is getattr(SessionStore, name) for name in SWEEP_REPLACES
         ):
             # What django.core.signing.Signer derives from each secret: SHA256(salt "signer" secret).

@@ -22,11 +22,17 @@ Settings:
 * ``CSESSIONS_SHM_LOCK_TIMEOUT``: seconds a worker waits for a stripe lock before raising
   ``TimeoutError`` (default 5; a lock is normally held for a microsecond).
 
-What is stored is the session as ``encode()`` signs it (HMAC-SHA256 under ``SECRET_KEY``, the
-format of Django's db and file engines). The segment is 0600 and refused if it is not the
-site user's own, so no other user can read or write it; signing also means that a process of
-the site's own user that writes into the segment cannot plant a session without the secret key:
-a tampered value decodes to an empty session (and is logged as corrupted, as in Django).
+What is stored is the session as its serializer writes it, unsigned, as Django's cache engine
+stores it: with the JSON serializer, the JSON text (``{...}``) or, above ``COMPRESS_ABOVE``
+bytes, ``z`` + that text compressed at zlib's fastest level; with any other serializer, ``s``
++ its output. Signing (HMAC-SHA256 under ``SECRET_KEY``, as the db and file engines do) was
+the first design and was dropped: it cost ~4 us of a ~17 us request and protected nothing.
+The segment is 0600 and refused unless it is the site user's own, so only processes of that
+user can write into it, and any of those can read ``SECRET_KEY`` (the settings, the workers'
+environment and memory) and sign whatever it likes. Against corruption (a bug, a crash, a
+torn page) the store itself validates every entry, and a value that does not decode is an
+empty session, logged as corrupted, as Django does. ``encode()``/``decode()`` stay Django's
+signed format, for code that calls them.
 
 Beyond Django's cache engine, which this engine is held to by Django's own tests:
 
@@ -40,19 +46,22 @@ Beyond Django's cache engine, which this engine is held to by Django's own tests
 
 import atexit
 import hashlib
+import logging
 import os
 import time
+import zlib
 
 from django.conf import settings
 from django.contrib.sessions.backends.base import CreateError, SessionBase, UpdateError
 from django.core.signals import setting_changed
 
-from csessions import _core, signing
+from csessions import _core
 from csessions.backends.base import CSessionMixin
+from csessions.signing import C_SERIALIZERS
 
 DEFAULT_SIZE = 64 * 1024 * 1024
 DEFAULT_LOCK_TIMEOUT = 5.0
-# Encoded sessions longer than this are compressed (see SessionStore.encode).
+# Values longer than this are compressed (see the module docstring): memory is the limit here.
 COMPRESS_ABOVE = 4096
 # put() modes of ShmStore.
 _SET, _ADD, _REPLACE = 0, 1, 2
@@ -169,14 +178,27 @@ _BASE_GET_EXPIRY_AGE = SessionBase.get_expiry_age
 
 
 class SessionStore(CSessionMixin, SessionBase):
-    def encode(self, session_dict):
-        # zlib costs ~14 us of the ~17 us it takes to sign a typical session, to save a few
-        # hundred bytes of local memory: below COMPRESS_ABOVE bytes the value is stored
-        # uncompressed (the same signed format; Django's decode reads both).
-        value = signing.dumps(session_dict, salt=self.key_salt, serializer=self.serializer)
-        if len(value) > COMPRESS_ABOVE:
-            value = super().encode(session_dict)
-        return value
+    def _pack(self, session_dict):
+        if self.serializer in C_SERIALIZERS:
+            value = _core.json_dumps(session_dict)
+            if len(value) > COMPRESS_ABOVE:
+                value = b"z" + zlib.compress(value, 1)
+            return value
+        return b"s" + self.serializer().dumps(session_dict)
+
+    def _unpack(self, value):
+        try:
+            tag = value[0]  # the store hands values out as latin-1 str
+            if tag == "{":
+                return _core.json_loads(value)
+            if tag == "z":
+                return _core.json_loads(zlib.decompress(value[1:].encode("latin-1")))
+            if tag == "s":
+                return self.serializer().loads(value[1:].encode("latin-1"))
+        except Exception:
+            pass
+        logging.getLogger("django.security.SuspiciousSession").warning("Session data corrupted")
+        return {}
 
     def load(self):
         try:
@@ -186,7 +208,7 @@ class SessionStore(CSessionMixin, SessionBase):
         if raw is None:
             self._session_key = None
             return {}
-        return self.decode(raw)
+        return self._unpack(raw)
 
     def exists(self, session_key):
         if not session_key:
@@ -208,17 +230,21 @@ class SessionStore(CSessionMixin, SessionBase):
         raise RuntimeError(CREATE_FAILED)
 
     def _expiry_age(self, data):
-        # get_expiry_age() builds timezone.now() to compare with a stored expiry; without one
-        # (most sessions) its answer is the cookie age.
-        if type(self).get_expiry_age is _BASE_GET_EXPIRY_AGE and not data.get("_session_expiry"):
-            return self.get_session_cookie_age()
+        # get_expiry_age() builds timezone.now() (~2 us) to compare with a stored expiry; it
+        # answers without it when there is none or when it is an age in seconds (an int).
+        if type(self).get_expiry_age is _BASE_GET_EXPIRY_AGE:
+            expiry = data.get("_session_expiry")
+            if not expiry:
+                return self.get_session_cookie_age()
+            if type(expiry) is int:
+                return expiry
         return self.get_expiry_age()
 
     def save(self, must_create=False):
         if self.session_key is None:
             return self.create()
         data = self._get_session(no_load=must_create)
-        value = self.encode(data)
+        value = self._pack(data)
         key = self.session_key
         handle = store()
         size = handle.entry_overhead + len(key) + len(value)

@@ -51,7 +51,7 @@ ALL = {**DJANGO, **OURS}
 DATA = {
     "_auth_user_id": "42",
     "cart": [1, 2.5, None, True, {"sku": "é-ü-€-😀"}],
-    "note": "x" * 500,  # compressible: stored with the "." prefix
+    "note": "x" * 9000,  # above STORE_COMPRESS_ABOVE: stored compressed, with the "." prefix
 }
 
 
@@ -175,7 +175,7 @@ def test_rows_are_djangos(engine):
     row = Session.objects.get()
     assert row.session_key == s.session_key and len(row.session_key) == 32
     assert set(row.session_key) <= set("abcdefghijklmnopqrstuvwxyz0123456789")
-    assert row.session_data.startswith(".")  # compressed, as Django writes it
+    assert row.session_data.startswith(".")  # compressed (at zlib's fastest level)
     assert signing.loads(row.session_data, salt=SALT) == DATA  # Django's own codec reads it
     assert row.get_decoded() == DATA  # Session.get_decoded(): the admin's view
     assert str(row) == s.session_key
@@ -186,6 +186,13 @@ def test_rows_are_djangos(engine):
     d.update(DATA)
     d.save()
     assert Session.objects.get(pk=d.session_key).get_decoded() == DATA
+    # Below STORE_COMPRESS_ABOVE bytes of JSON the row is not compressed; Django reads it too.
+    small = OURS[engine]()
+    small.update({"a": "y" * 500})
+    small.save()
+    row = Session.objects.get(pk=small.session_key)
+    assert not row.session_data.startswith(".")
+    assert signing.loads(row.session_data, salt=SALT) == row.get_decoded() == {"a": "y" * 500}
 
 
 @pytest.mark.parametrize("engine", OURS)
