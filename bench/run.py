@@ -2,10 +2,12 @@
 
 Writes bench/results/results.json (environment + every measurement, per-round samples included),
 bench/results/results.md (typical payload first, then all payloads) and PNG charts
-(codec.png, engines.png, hmac.png). About 1.5 minutes in full (half of it callgrind),
-under 10 s with --quick --no-callgrind.
+(codec.png, engines.png, hmac.png). Every session engine is measured beside its Django twin on
+the same store (engines.py; it starts and stops the PostgreSQL, Redis and memcached servers).
+About 6 minutes in full (1.5 of them codec + callgrind), ~1 minute with --quick --no-callgrind.
 
 Usage: .venv/bin/python bench/run.py [--quick] [--no-callgrind] [--payloads ...] [--out DIR]
+       [--engines all|file,db-*,...] [--engine-payload-ops cycle,...] [--sqlite-dir DIR]
 """
 
 import argparse
@@ -21,7 +23,7 @@ import callgrind
 import codec
 import common
 import engines
-from common import fmt_ns, fmt_ratio, med, other_clock, rat, table
+from common import fmt_ns, fmt_ratio, headline_clock, med, other_clock, rat, table
 
 
 def _ratio_cell(r):
@@ -30,10 +32,10 @@ def _ratio_cell(r):
 
 
 def _row(label, r):
-    d, c = r["contenders"]["django"], r["contenders"]["csessions"]
-    return [label, fmt_ns(med(d)), fmt_ns(med(c)), _ratio_cell(r),
-            fmt_ratio(rat(r, other_clock())["median"]), fmt_ns(d.get("p99")), fmt_ns(c.get("p99")),
-            codec._floor(r)]
+    d, c, clk = r["contenders"]["django"], r["contenders"]["csessions"], headline_clock(r)
+    return [label, clk, fmt_ns(med(d, clk)), fmt_ns(med(c, clk)), _ratio_cell(r),
+            fmt_ratio(rat(r, other_clock(clk))["median"]), fmt_ns(d.get("p99")),
+            fmt_ns(c.get("p99")), codec._floor(r)]
 
 
 def _hdr_env(env):
@@ -63,7 +65,10 @@ def markdown(res):
         "contender order shuffled each round. "
         f"Headline clock: **{common.REPORT_CLOCK}** ("
         + ("`time.perf_counter_ns`" if common.REPORT_CLOCK == "wall" else "the thread's CPU time, `time.thread_time_ns`")
-        + f"); the speed-up on the other clock ({other_clock()}) is shown next to it. "
+        + ") for the codec and the engines that do all their work in this thread; **wall** for "
+        "the engines behind a server round trip (PostgreSQL, Redis, memcached), whose server "
+        "time is not in this thread's CPU time (column *clock*). The speed-up on the other "
+        "clock is shown next to it. "
         "*Median* = median over rounds of the per-call time; "
         "*speed-up* = django/csessions computed per round, median (IQR in brackets); "
         "*p99* from individually timed calls of a separate interleaved sample run. "
@@ -80,7 +85,8 @@ def markdown(res):
           [c for c in eng["correctness"] if not c["ok"]]
     n = len(res["codec"]["correctness"]) + len(eng["correctness"])
     add("**Correctness:** " + ("all %d checks passed (byte-identical dumps at a patched timestamp, "
-                               "cross loads, cross-reading cookies)." % n if not bad else
+                               "cross loads, each engine reading its twin's sessions on the "
+                               "same store)." % n if not bad else
                                f"{len(bad)} of {n} checks FAILED:"))
     for c in bad:
         add(f"- {c.get('engine', 'signing')} {c['payload']} "
@@ -91,12 +97,14 @@ def markdown(res):
     add(f"## Typical payload ({common.compact_size(res['payloads'][P])} B compact JSON)\n")
     rows = [_row(f"signing.{r['op']}(compress={r['compress']})", r)
             for r in codec_t if r["payload"] == P]
-    rows += [_row(f"{r['engine']} {r['op']}" + (" ‡" if r.get("parity") else ""), r)
-             for r in eng["timings"] if r["payload"] == P]
-    add(table(["operation", "django median", "csessions median",
-               f"speed-up (IQR) [{common.REPORT_CLOCK}]", f"speed-up [{other_clock()}]",
-               "django p99", "csessions p99", "bare zlib call (speed-up ceiling)"], rows))
-    add("\n" + engines.PARITY_NOTE)
+    rows += [_row(f"{r.get('label', r['engine'])} {r['op']}" + (" ‡" if r.get("parity") else ""), r)
+             for r in eng["timings"] if r["payload"] == P
+             and (r["engine"] == "signed_cookies" or r["op"] == "cycle")]
+    add(table(["operation", "clock", "django median", "csessions median", "speed-up (IQR)",
+               "speed-up, other clock", "django p99", "csessions p99",
+               "bare zlib call (speed-up ceiling)"], rows))
+    add("\n" + engines.PARITY_NOTE + " Every engine's other ops, its codec share and the other "
+        "payloads: *Session engines* below.")
     add("\n*Bare zlib call*: `zlib.compress(compact JSON)` / `zlib.decompress(...)` timed in "
         "the same rounds. csessions must produce Django's exact bytes, so it cannot skip that "
         "deflate/inflate work: django / zlib is the highest speed-up reachable with stock zlib "
@@ -118,10 +126,8 @@ def markdown(res):
     add("\n![codec speed-ups](codec.png)\n")
 
     add("## Session engines, all payloads\n")
-    add(table(engines.engine_headers(), engines.engine_rows(eng["timings"])))
-    add("\n" + engines.PARITY_NOTE)
-    for s in eng["skipped"]:
-        add(f"\nNot measured: {s['engine']} with {s['payload']}: {s['reason']}.")
+    add("Each csessions engine beside its Django twin on the same store (shm: beside Django's "
+        "cache engine), typical payload first. " + engines.report(eng))
     add("\n![engine speed-ups](engines.png)\n")
 
     add("## HMAC-SHA256: libsodium vs OpenSSL (csessions._core.hmac_bench)\n")
@@ -218,26 +224,7 @@ def charts(res, out):
 
     et = res["engines"]["timings"]
     if et:
-        eg = list(dict.fromkeys(r["payload"] for r in et))
-        ops = list(dict.fromkeys(r["op"] for r in et))
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 5))
-        _grouped(a1, eg, ops, {(r["payload"], r["op"]): rat(r)["median"] for r in et},
-                 f"signed_cookies engine: speed-up django/csessions ({common.REPORT_CLOCK} clock)",
-                 "speed-up (x, log)",
-                 hline=1.0, bars=[("cycle bar 8x", 8)])
-        sides = [f"{s} {o}" for o in ("load", "cycle") for s in ("django", "csessions")]
-        _grouped(a2, eg, sides, {(r["payload"], f"{s} {r['op']}"): med(r["contenders"][s]) / 1e3
-                                 for r in et if r["op"] in ("load", "cycle")
-                                 for s in ("django", "csessions")},
-                 f"signed_cookies load / cycle: median {common.REPORT_CLOCK} time per call",
-                 "µs per call (log)")
-        skipped = [s["payload"] for s in res["engines"]["skipped"]]
-        if skipped:
-            fig.text(0.01, 0.01, f"not measured (cookie > 4096 bytes): {', '.join(skipped)}",
-                     fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "engines.png", dpi=110)
-        plt.close(fig)
+        engine_chart(plt, res["engines"], out / "engines.png")
         made.append("engines.png")
 
     h = res["codec"]["hmac"]
@@ -261,6 +248,38 @@ def charts(res, out):
     return made
 
 
+def engine_chart(plt, eng, path):
+    """Per engine: the cycle's speed-up on each payload, every op's on the typical payload, and
+    the cycle's absolute times; log axes, each measurement on its headline clock."""
+    et = eng["timings"]
+    labels = list(dict.fromkeys(r["label"] for r in et))
+    P = common.BAR_PAYLOAD
+    fig, axes = plt.subplots(3, 1, figsize=(max(12, 1.1 * len(labels)), 15))
+    clocks = f"{common.REPORT_CLOCK} clock; wall for server stores"
+    cyc = [r for r in et if r["op"] == "cycle"]
+    _grouped(axes[0], labels, list(dict.fromkeys(r["payload"] for r in cyc)),
+             {(r["label"], r["payload"]): rat(r)["median"] for r in cyc},
+             f"load + modify + save cycle: speed-up django/csessions per payload ({clocks})",
+             "speed-up (x, log)", hline=1.0)
+    typ = [r for r in et if r["payload"] == P]
+    _grouped(axes[1], labels, list(dict.fromkeys(r["op"] for r in typ)),
+             {(r["label"], r["op"]): rat(r)["median"] for r in typ},
+             f"every op, {P} payload: speed-up django/csessions ({clocks})",
+             "speed-up (x, log)", hline=1.0)
+    _grouped(axes[2], labels, ["django", "csessions"],
+             {(r["label"], s): med(r["contenders"][s], headline_clock(r)) / 1e3
+              for r in cyc if r["payload"] == P for s in ("django", "csessions")},
+             f"cycle, {P} payload: median time per call ({clocks})", "µs per call (log)")
+    for ax in axes:
+        plt.setp(ax.get_xticklabels(), rotation=20, ha="right", fontsize=8)
+    skipped = [f"{s.get('label', s['engine'])} {s['payload']}" for s in eng["skipped"]]
+    if skipped:
+        fig.text(0.01, 0.005, "not measured: " + ", ".join(skipped), fontsize=8)
+    fig.tight_layout(rect=(0, 0.015, 1, 1))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="few rounds, short batches: a smoke run")
@@ -273,6 +292,7 @@ def main(argv=None):
                          "always measured and saved): wall = perf_counter_ns (default), "
                          "cpu = the thread's CPU time, steadier on a busy machine")
     ap.add_argument("--payloads", default=",".join(common.PAYLOAD_NAMES))
+    engines.add_arguments(ap)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--out", default=str(common.BENCH_DIR / "results"))
     a = ap.parse_args(argv)
@@ -289,14 +309,17 @@ def main(argv=None):
     payloads = common.load_payloads([n for n in common.PAYLOAD_NAMES if n in names])
     env = common.environment()
     common.print_environment(env)
-    print(flush=True)
+    print(f"Headline clock: {a.clock} (codec, in-process engines); wall for engines behind a "
+          "server (PostgreSQL, Redis, memcached)\n", flush=True)
     say = lambda s: print(s, flush=True)
 
     res = {"started": started, "command": " ".join(["bench/run.py"] + (argv or sys.argv[1:])),
            "environment": env, "config": cfg.as_dict(), "payloads": payloads,
            "payload_sizes": {k: common.compact_size(v) for k, v in payloads.items()}}
     res["codec"] = codec.run(payloads, cfg, rng, progress=say)
-    res["engines"] = engines.run(payloads, cfg, rng, progress=say)
+    res["engines"] = engines.run(payloads, cfg, rng, engines.select(a.engines),
+                                 payload_ops=engines.payload_ops(a), sqlite_dir=a.sqlite_dir,
+                                 progress=say)
     res["bars"] = common.evaluate_bars(res["codec"]["timings"], res["engines"]["timings"])
     res["report_clock"] = a.clock
     if not a.no_callgrind:
