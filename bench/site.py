@@ -7,15 +7,20 @@ session. `/nosession` on the same server is the ceiling: the same tiny view with
 Engines are run in rounds, in a shuffled order each round, and the medians over rounds are
 reported, so drift on a shared machine hits every engine alike.
 
-Only engines that a multi-process server can use are measured: a LocMem cache is per process,
-so its sessions would split between the two workers.
+Every engine that a multi-process server can use, each beside its Django twin on the same
+store: signed cookies; files; db on SQLite and on PostgreSQL; cached_db on PostgreSQL + Redis;
+cache on Redis and on memcached; and csessions' shared-memory engine. (A LocMem cache is per
+process: its sessions would split between the two workers.) PostgreSQL, Redis and memcached
+are started on loopback by this script (tests/pg_server.py, tests/cache_servers.py) and
+stopped at the end; the example site reads the database and cache from SITE_DATABASE and
+SITE_CACHE.
 
-Usage: .venv/bin/python bench/site.py [--rounds 3] [--seconds 5] [--out bench/results]
+Usage: .venv/bin/python bench/site.py [--rounds 3] [--seconds 3] [--out bench/results]
 Needs gunicorn (pip) and wrk (Debian package `wrk`); `make bench` installs both.
 """
 
 import argparse
-import importlib.util
+import contextlib
 import json
 import os
 import random
@@ -32,23 +37,79 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 LUA = Path(__file__).resolve().parent / "wrk_cookie.lua"
 
-# (label, SESSION_ENGINE, path): csessions engines are listed only once importable.
+sys.path.insert(0, str(REPO / "tests"))
+from cache_servers import start_memcached, start_redis  # noqa: E402
+from pg_server import FAST_SETTINGS, start_postgres  # noqa: E402
+
+CEILING = "no session (ceiling)"
+# (label, engine module without its package, store, path); each engine runs as Django's
+# (django.contrib.sessions.backends.<engine>) and as csessions' (csessions.backends.<engine>).
+STORES = ("none", "sqlite", "postgresql", "postgresql+redis", "redis", "memcached")
 CANDIDATES = [
-    ("no session (ceiling)", "django.contrib.sessions.backends.signed_cookies", "/nosession"),
-    ("django signed_cookies", "django.contrib.sessions.backends.signed_cookies", "/counter"),
-    ("csessions signed_cookies", "csessions.backends.signed_cookies", "/counter"),
-    ("django file", "django.contrib.sessions.backends.file", "/counter"),
-    ("csessions file", "csessions.backends.file", "/counter"),
-    ("csessions shm", "csessions.backends.shm", "/counter"),
+    (CEILING, "signed_cookies", "none", "/nosession"),
+    ("signed_cookies", "signed_cookies", "none", "/counter"),
+    ("file", "file", "none", "/counter"),
+    ("db [SQLite]", "db", "sqlite", "/counter"),
+    ("db [PostgreSQL]", "db", "postgresql", "/counter"),
+    ("cached_db [PostgreSQL + Redis]", "cached_db", "postgresql+redis", "/counter"),
+    ("cache [Redis]", "cache", "redis", "/counter"),
+    ("cache [memcached]", "cache", "memcached", "/counter"),
+    ("shm", "shm", "none", "/counter"),  # csessions only: it has no Django twin
 ]
 
 
-def available(engine):
-    sys.path.insert(0, str(REPO))
-    try:
-        return importlib.util.find_spec(engine) is not None
-    finally:
-        sys.path.pop(0)
+def configurations():
+    """(label, SESSION_ENGINE, store, path) for every run, Django's twin before csessions'."""
+    for label, engine, store, path in CANDIDATES:
+        if label == CEILING:
+            yield label, f"django.contrib.sessions.backends.{engine}", store, path
+            continue
+        if engine != "shm":
+            yield f"django {label}", f"django.contrib.sessions.backends.{engine}", store, path
+        yield f"csessions {label}", f"csessions.backends.{engine}", store, path
+
+
+class Stores:
+    """The servers and databases the engines need, started once for the whole run."""
+
+    def __init__(self, tmp):
+        self.tmp = Path(tmp)
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self):
+        pg = self._stack.enter_context(start_postgres(FAST_SETTINGS))
+        pg.create_database("site")
+        redis = self._stack.enter_context(start_redis())
+        memcached = self._stack.enter_context(start_memcached())
+        sqlite = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(self.tmp / "site.sqlite3")}
+        postgresql = pg.django_database("site", CONN_MAX_AGE=600)  # no connect per request
+        redis_cache = {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                       "LOCATION": redis.location}
+        self.env = {
+            "none": {},
+            "sqlite": {"SITE_DATABASE": json.dumps(sqlite)},
+            "postgresql": {"SITE_DATABASE": json.dumps(postgresql)},
+            "postgresql+redis": {"SITE_DATABASE": json.dumps(postgresql),
+                                 "SITE_CACHE": json.dumps(redis_cache)},
+            "redis": {"SITE_CACHE": json.dumps(redis_cache)},
+            "memcached": {"SITE_CACHE": json.dumps({
+                "BACKEND": "django.core.cache.backends.memcached.PyMemcacheCache",
+                "LOCATION": memcached.location})},
+        }
+        for store in ("sqlite", "postgresql"):  # the django_session table
+            subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0", "sessions"],
+                           cwd=REPO / "example", env=self.site_env(store), check=True)
+        return self
+
+    def site_env(self, store, engine=None):
+        env = dict(os.environ, DJANGO_DEBUG="0", TMPDIR=str(self.tmp), PYTHONPATH=str(REPO),
+                   **self.env[store])  # file engines write to TMPDIR
+        if engine:
+            env["CSESSIONS_ENGINE"] = engine
+        return env
+
+    def __exit__(self, *exc):
+        self._stack.close()
 
 
 def free_port():
@@ -70,10 +131,8 @@ def wait_listening(port, proc, timeout=20):
     raise RuntimeError("gunicorn did not start listening")
 
 
-def start_server(engine, tmp):
+def start_server(env):
     port = free_port()
-    env = dict(os.environ, CSESSIONS_ENGINE=engine, DJANGO_DEBUG="0",
-               TMPDIR=str(tmp), PYTHONPATH=str(REPO))  # file engines write there
     gunicorn = Path(sys.executable).parent / "gunicorn"
     proc = subprocess.Popen(
         [str(gunicorn), "--chdir", str(REPO / "example"), "site_example.wsgi", "-w", "2",
@@ -121,7 +180,7 @@ def check_counter(port):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--seconds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     a = ap.parse_args(argv)
@@ -131,12 +190,12 @@ def main(argv=None):
     if not (Path(sys.executable).parent / "gunicorn").exists():
         sys.exit(f"bench/site.py needs gunicorn: {sys.executable} -m pip install gunicorn")
 
-    engines = [c for c in CANDIDATES if available(c[1])]
-    samples = {label: [] for label, _, _ in engines}
-    with tempfile.TemporaryDirectory() as tmp:
+    engines = list(configurations())
+    samples = {label: [] for label, _, _, _ in engines}
+    with tempfile.TemporaryDirectory() as tmp, Stores(tmp) as stores:
         for r in range(a.rounds):
-            for label, engine, path in random.sample(engines, len(engines)):
-                proc, port = start_server(engine, tmp)
+            for label, engine, store, path in random.sample(engines, len(engines)):
+                proc, port = start_server(stores.site_env(store, engine))
                 try:
                     if path == "/counter":
                         check_counter(port)
@@ -148,10 +207,10 @@ def main(argv=None):
 
     rows = []
     ceiling = statistics.median(s["rps"] for s in samples[engines[0][0]])
-    for label, engine, path in engines:
+    for label, engine, store, path in engines:
         s = samples[label]
         rps = statistics.median(x["rps"] for x in s)
-        rows.append({"label": label, "engine": engine, "path": path, "rps": rps,
+        rows.append({"label": label, "engine": engine, "store": store, "path": path, "rps": rps,
                      "rps_spread": [min(x["rps"] for x in s), max(x["rps"] for x in s)],
                      "p50_ms": statistics.median(x["p50_ms"] for x in s),
                      "p99_ms": statistics.median(x["p99_ms"] for x in s),
@@ -161,6 +220,11 @@ def main(argv=None):
         lo, hi = row["rps_spread"]
         md.append(f"| {row['label']} | {row['rps']:.0f} ({lo:.0f}-{hi:.0f}) | "
                   f"{row['of_ceiling']:.0%} | {row['p50_ms']:.2f} ms | {row['p99_ms']:.2f} ms |")
+    shm = next((r for r in rows if r["label"] == "csessions shm"), None)
+    if shm:
+        md.append("")
+        md.append(f"Bar (issue #5): csessions shm within 5% of the no-session ceiling: "
+                  f"{shm['of_ceiling']:.1%} of it, **{'met' if shm['of_ceiling'] >= 0.95 else 'not met'}**.")
     table = "\n".join(md)
     print(table)
     out = Path(a.out)

@@ -3,8 +3,12 @@
 CSESSIONS_ENGINE   session engine (default "csessions.backends.signed_cookies")
 DJANGO_DEBUG       "0"/"false" turns DEBUG off (default on; benchmarks should turn it off)
 DJANGO_SECRET_KEY  signing key (default: a public demo key, never use it for anything real)
+SITE_DATABASE      JSON of DATABASES["default"] (default: SQLite in example/db.sqlite3)
+SITE_CACHE         JSON of CACHES["default"] (default: Django's LocMem)
+(bench/site.py uses the last two to run every engine on a real PostgreSQL, Redis, memcached.)
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -43,11 +47,14 @@ TEMPLATES = [
 
 # The cookie engine needs no database; this is here for database-backed engines.
 DATABASES = {
-    "default": {
+    "default": json.loads(os.environ["SITE_DATABASE"]) if os.environ.get("SITE_DATABASE") else {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": BASE_DIR / "db.sqlite3",
     }
 }
+
+if os.environ.get("SITE_CACHE"):
+    CACHES = {"default": json.loads(os.environ["SITE_CACHE"])}
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
