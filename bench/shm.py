@@ -4,6 +4,11 @@
 
 Contenders, on the reference payload (bench/data, or $CSESSIONS_BENCH_DATA):
   shm get / shm set     ShmStore.get / put(set) of the encoded session: the raw store
+  shm file get / set    the same in file mode (CSESSIONS_SHM_PATH: a file in a temp dir)
+  lmdb get / put        LMDB (py-lmdb) in a temp dir, the same key and encoded value: a get
+                        in a read txn, one put per write txn as a session store does; the env
+                        is opened sync=False (no fsync per commit, the durability class of the
+                        file mode); a few fsynced puts are timed apart, after the rounds
   locmem get / set      Django's LocMem cache get / set of the session dict (what its cache
                         engine stores; LocMem pickles it)
   shm cycle             SessionStore(key); s["counter"] = s.get("counter", 0) + 1; s.save()
@@ -24,9 +29,16 @@ import random
 import secrets
 import statistics
 import sys
+import tempfile
 import time
 
 import common
+
+try:
+    import lmdb
+except ImportError:
+    sys.exit("bench/shm.py needs LMDB's Python binding to compare with: pip install lmdb "
+             "(.venv/bin/pip install lmdb)")
 
 common.setup_django()
 
@@ -55,13 +67,46 @@ def timed(fn, n, out):
         out.append(pc() - t0)
 
 
-def contenders(payload):
+def lmdb_env(tmp, sync):
+    return lmdb.open(os.path.join(tmp, f"lmdb-{'sync' if sync else 'nosync'}"),
+                     map_size=256 * 1024 * 1024, sync=sync, metasync=sync)
+
+
+def lmdb_fsync_put(tmp, key, value, n):
+    """Median and p99 of n durable LMDB puts (fsync per commit): too slow to interleave."""
+    env = lmdb_env(tmp, True)
+    try:
+        out = []
+        timed(lambda: lmdb_put(env, key, value), n, out)
+    finally:
+        env.close()
+    return statistics.median(out), percentile(out, 0.99)
+
+
+def lmdb_put(env, key, value):
+    with env.begin(write=True) as txn:
+        txn.put(key, value)
+
+
+def lmdb_get(env, key):
+    with env.begin() as txn:
+        return txn.get(key)
+
+
+def contenders(payload, tmp):
     handle = shm.store()
+    filed = _core.ShmStore("csessions-bench-file", shm.DEFAULT_SIZE,
+                           path=os.path.join(tmp, "sessions.shm"))
+    env = lmdb_env(tmp, False)
     cache = caches["default"]
     key = "k" * 32
     now = int(time.time())
     encoded = shm.SessionStore().encode(payload)
     handle.put(key, encoded, now + 3600, now, 0)
+    filed.put(key, encoded, now + 3600, now, 0)
+    lkey, lvalue = key.encode(), encoded.encode()
+    lmdb_put(env, lkey, lvalue)
+    assert lmdb_get(env, lkey) == lvalue and filed.get(key, now) == encoded
     cache.set("bench-raw", payload, 3600)
 
     s = shm.SessionStore()
@@ -86,6 +131,10 @@ def contenders(payload):
     return {
         "shm get": lambda: handle.get(key, now),
         "shm set": lambda: handle.put(key, encoded, now + 3600, now, 0),
+        "shm file get": lambda: filed.get(key, now),
+        "shm file set": lambda: filed.put(key, encoded, now + 3600, now, 0),
+        "lmdb get": lambda: lmdb_get(env, lkey),
+        "lmdb put": lambda: lmdb_put(env, lkey, lvalue),
         "locmem get": lambda: cache.get("bench-raw"),
         "locmem set": lambda: cache.set("bench-raw", payload, 3600),
         "shm cycle": shm_cycle,
@@ -160,13 +209,17 @@ def main(argv=None):
     settings.CSESSIONS_SHM_NAME = name
     rounds, n = (10, 500) if a.quick else (30, 2000)
     rng = random.Random(a.seed)
+    tmp = tempfile.TemporaryDirectory(prefix="csessions-bench-")
     try:
         common.print_environment(common.environment())
         print(f"\npayload {a.payload} ({common.compact_size(payload)} B of JSON), {rounds} rounds "
               f"x {n} calls per contender, interleaved\n")
-        samples, per_round = interleaved(contenders(payload), rounds, n, rng)
+        samples, per_round = interleaved(contenders(payload, tmp.name), rounds, n, rng)
         rows = [(name_, fmt(statistics.median(xs)), fmt(percentile(xs, 0.99)))
                 for name_, xs in samples.items()]
+        med, p99 = lmdb_fsync_put(tmp.name, b"k" * 32,
+                                  shm.SessionStore().encode(payload).encode(), 20 if a.quick else 100)
+        rows.append(("lmdb put, fsync (apart)", fmt(med), fmt(p99)))
         print(common.table(["contender", "median", "p99"], rows))
         ratios = [dj / cs for dj, cs in zip(per_round["locmem cycle"], per_round["shm cycle"])]
         print(f"\ncycle: LocMem cache engine / shm engine = {statistics.median(ratios):.2f}x "
@@ -182,6 +235,7 @@ def main(argv=None):
     finally:
         shm.store().close()
         _core.shm_unlink(name)
+        tmp.cleanup()
 
 
 if __name__ == "__main__":
