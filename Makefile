@@ -98,8 +98,10 @@ demo: build
 
 bench: build
 	@dpkg -s wrk >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null)
-	@$(VENV)/bin/python -m pip install -q --disable-pip-version-check "matplotlib>=3.8" gunicorn 2>&1 | grep -v "^WARNING: Location" || true
+	@$(VENV)/bin/python -m pip install -q --disable-pip-version-check "matplotlib>=3.8" gunicorn "lmdb>=1.4" 2>&1 | grep -v "^WARNING: Location" || true
 	$(VENV)/bin/python bench/run.py
+	$(VENV)/bin/python bench/shm.py --out bench/results
+	$(VENV)/bin/python bench/scale.py
 	$(VENV)/bin/python bench/site.py
 
 # Fast regression check (CI): no csessions operation slower than its Django twin.

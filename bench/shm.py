@@ -24,6 +24,7 @@ each timing its own calls: median and p99 of all of them.
 """
 
 import argparse
+import json
 import os
 import random
 import secrets
@@ -33,6 +34,7 @@ import tempfile
 import time
 
 import common
+import servers
 
 try:
     import lmdb
@@ -44,6 +46,7 @@ common.setup_django()
 
 from django.conf import settings  # noqa: E402
 from django.contrib.sessions.backends import cache as dj_cache  # noqa: E402
+from django.contrib.sessions.backends import file as dj_file  # noqa: E402
 from django.core.cache import caches  # noqa: E402
 
 from csessions import _core  # noqa: E402
@@ -93,7 +96,7 @@ def lmdb_get(env, key):
         return txn.get(key)
 
 
-def contenders(payload, tmp):
+def contenders(payload, tmp, stores):
     handle = shm.store()
     filed = _core.ShmStore("csessions-bench-file", shm.DEFAULT_SIZE,
                            path=os.path.join(tmp, "sessions.shm"))
@@ -101,7 +104,7 @@ def contenders(payload, tmp):
     cache = caches["default"]
     key = "k" * 32
     now = int(time.time())
-    encoded = shm.SessionStore().encode(payload)
+    encoded = shm.SessionStore()._pack(payload).decode("latin-1")  # what the engine stores
     handle.put(key, encoded, now + 3600, now, 0)
     filed.put(key, encoded, now + 3600, now, 0)
     lkey, lvalue = key.encode(), encoded.encode()
@@ -128,6 +131,33 @@ def contenders(payload, tmp):
         s["counter"] = s.get("counter", 0) + 1
         s.save()
 
+    redis_alias = stores.cache("redis")
+
+    class RedisStore(dj_cache.SessionStore):  # Django's cache engine on a real redis-server
+        def __init__(self, session_key=None):
+            super().__init__(session_key)
+            self._cache = caches[redis_alias]
+
+    settings.SESSION_FILE_PATH = stores.tmpdir("files", parent=tempfile.gettempdir())
+    cycles = {"redis cycle": RedisStore, "django file cycle": dj_file.SessionStore}
+    keys = {}
+    for label, Store in cycles.items():
+        x = Store()
+        x.update(payload)
+        x.save()
+        keys[label] = x.session_key
+        assert Store(x.session_key)[common_key(payload)] == payload[common_key(payload)]
+
+    def slow_cycle(label):
+        Store, k = cycles[label], keys[label]
+
+        def cycle():
+            s = Store(k)
+            s["counter"] = s.get("counter", 0) + 1
+            s.save()
+
+        return cycle
+
     return {
         "shm get": lambda: handle.get(key, now),
         "shm set": lambda: handle.put(key, encoded, now + 3600, now, 0),
@@ -139,20 +169,29 @@ def contenders(payload, tmp):
         "locmem set": lambda: cache.set("bench-raw", payload, 3600),
         "shm cycle": shm_cycle,
         "locmem cycle": locmem_cycle,
+        "redis cycle": slow_cycle("redis cycle"),
+        "django file cycle": slow_cycle("django file cycle"),
     }
+
+
+SLOW = {"redis cycle": 20, "django file cycle": 20}  # contenders timed on n // this calls
+
+
+def common_key(payload):
+    return next(iter(payload))
 
 
 def interleaved(fns, rounds, n, rng):
     samples = {name: [] for name in fns}
     per_round = {name: [] for name in fns}
-    for fn in fns.values():  # warm-up
-        timed(fn, n, [])
+    for name, fn in fns.items():  # warm-up
+        timed(fn, max(1, n // SLOW.get(name, 1)), [])
     for _ in range(rounds):
         order = list(fns)
         rng.shuffle(order)
         for name in order:
             batch = []
-            timed(fns[name], n, batch)
+            timed(fns[name], max(1, n // SLOW.get(name, 1)), batch)
             samples[name] += batch
             per_round[name].append(statistics.median(batch))
     return samples, per_round
@@ -197,12 +236,29 @@ def multi(procs, iterations, payload):
     return statistics.median(everything), percentile(everything, 0.99)
 
 
+# Issue #4's bars: (label, measured value key, limit, "max" or "min")
+BARS = [
+    ("cycle median <= 5 us", "shm cycle median", 5000, "max"),
+    ("cycle >= 6x Django's cache engine on LocMem", "locmem/shm", 6, "min"),
+    ("cycle >= 20x Django's cache engine on Redis", "redis/shm", 20, "min"),
+    ("cycle >= 50x Django's file engine", "file/shm", 50, "min"),
+    ("raw get median <= 1 us", "shm get median", 1000, "max"),
+    ("raw set median <= 2 us", "shm set median", 2000, "max"),
+    ("p99 <= 20 us with 2, 4 and 8 processes", "worst multi p99", 20000, "max"),
+]
+
+
+def fmt_bar(key, v):
+    return f"{v:.1f}x" if "/" in key else fmt(v)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--payload", default="typical", choices=common.PAYLOAD_NAMES)
     ap.add_argument("--procs", default="2,4,8", help="'' to skip the multi-process part")
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--out", default=None, help="also write shm.md and shm.json there")
     a = ap.parse_args(argv)
     payload = common.load_payloads([a.payload])[a.payload]
     name = f"csessions-bench-{os.getpid()}-{secrets.token_hex(4)}"
@@ -210,28 +266,63 @@ def main(argv=None):
     rounds, n = (10, 500) if a.quick else (30, 2000)
     rng = random.Random(a.seed)
     tmp = tempfile.TemporaryDirectory(prefix="csessions-bench-")
+    lines = []
+
+    def say(text=""):
+        print(text, flush=True)
+        lines.append(text)
+
     try:
-        common.print_environment(common.environment())
-        print(f"\npayload {a.payload} ({common.compact_size(payload)} B of JSON), {rounds} rounds "
-              f"x {n} calls per contender, interleaved\n")
-        samples, per_round = interleaved(contenders(payload, tmp.name), rounds, n, rng)
+        with servers.Stores() as stores:
+            env = common.environment()
+            common.print_environment(env)
+            say(f"\npayload {a.payload} ({common.compact_size(payload)} B of JSON), {rounds} rounds "
+                f"x {n} calls per contender (redis and file cycles: {n // 20}), interleaved\n")
+            samples, per_round = interleaved(contenders(payload, tmp.name, stores), rounds, n, rng)
         rows = [(name_, fmt(statistics.median(xs)), fmt(percentile(xs, 0.99)))
                 for name_, xs in samples.items()]
-        med, p99 = lmdb_fsync_put(tmp.name, b"k" * 32,
-                                  shm.SessionStore().encode(payload).encode(), 20 if a.quick else 100)
+        med, p99 = lmdb_fsync_put(tmp.name, b"k" * 32, shm.SessionStore()._pack(payload),
+                                  20 if a.quick else 100)
         rows.append(("lmdb put, fsync (apart)", fmt(med), fmt(p99)))
-        print(common.table(["contender", "median", "p99"], rows))
-        ratios = [dj / cs for dj, cs in zip(per_round["locmem cycle"], per_round["shm cycle"])]
-        print(f"\ncycle: LocMem cache engine / shm engine = {statistics.median(ratios):.2f}x "
-              f"(median of per-round ratios; min {min(ratios):.2f}x, max {max(ratios):.2f}x)")
+        say(common.table(["contender", "median", "p99"], rows))
+        measured = {"shm cycle median": statistics.median(samples["shm cycle"]),
+                    "shm get median": statistics.median(samples["shm get"]),
+                    "shm set median": statistics.median(samples["shm set"])}
+        for other, label in (("locmem cycle", "locmem/shm"), ("redis cycle", "redis/shm"),
+                             ("django file cycle", "file/shm")):
+            ratios = [o / c for o, c in zip(per_round[other], per_round["shm cycle"])]
+            measured[label] = statistics.median(ratios)
+            say(f"cycle: {other} / shm cycle = {measured[label]:.2f}x (median of per-round "
+                f"ratios; min {min(ratios):.2f}x, max {max(ratios):.2f}x)")
         if a.procs:
-            print("\nshm cycle, processes at once (one segment):")
-            rows = []
+            say("\nshm cycle, processes at once (one segment, 2 cores):")
+            rows, worst = [], 0
             for p in [int(x) for x in a.procs.split(",")]:
                 med, p99 = multi(p, 2000 if a.quick else 20000, payload)
+                worst = max(worst, p99)
                 rows.append((str(p), fmt(med), fmt(p99)))
-            print(common.table(["processes", "median", "p99"], rows))
-        print(f"\nstore counters: {shm.stats()}")
+            measured["worst multi p99"] = worst
+            say(common.table(["processes", "median", "p99"], rows))
+        say("\nIssue #4's bars (typical payload, this run):\n")
+        bar_rows = []
+        for label, key, limit, kind in BARS:
+            if key not in measured:
+                continue
+            v = measured[key]
+            ok = v <= limit if kind == "max" else v >= limit
+            bar_rows.append((label, fmt_bar(key, v), "met" if ok else "**not met**"))
+        say(common.table(["bar", "measured", "verdict"], bar_rows))
+        say(f"\nstore counters: {shm.stats()}")
+        if a.out:
+            os.makedirs(a.out, exist_ok=True)
+            with open(os.path.join(a.out, "shm.md"), "w") as f:
+                f.write("# csessions.backends.shm (bench/shm.py)\n\n```\n" + "\n".join(lines)
+                        + "\n```\n")
+            with open(os.path.join(a.out, "shm.json"), "w") as f:
+                json.dump({"environment": env, "measured": measured,
+                           "medians_ns": {k: statistics.median(v) for k, v in samples.items()},
+                           "p99_ns": {k: percentile(v, 0.99) for k, v in samples.items()}},
+                          f, indent=1, default=str)
     finally:
         shm.store().close()
         _core.shm_unlink(name)

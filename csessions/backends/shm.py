@@ -19,6 +19,9 @@ Settings:
 * ``CSESSIONS_SHM_SIZE``: bytes, default 64 MiB. The segment is sized when it is created and
   never grows; a segment that already exists keeps its size (``manage.py csessions_shm
   recreate`` makes a new one).
+* ``CSESSIONS_SHM_PATH``: a file on a local disk to hold the store instead of ``/dev/shm``,
+  so sessions also survive a reboot (design and limits in ``src/shm.h``). Under Django's test
+  runner the path gets the same ``-test-<pid>`` suffix and the file is removed at exit.
 * ``CSESSIONS_SHM_LOCK_TIMEOUT``: seconds a worker waits for a stripe lock before raising
   ``TimeoutError`` (default 5; a lock is normally held for a microsecond).
 
@@ -108,27 +111,44 @@ def _in_test_runner():
     return hasattr(utils._TestState, "saved_data")
 
 
-def _unlink_test_segments():
-    for name in _test_segments:
-        try:
+def _unlink(name, path):
+    try:
+        if path is None:
             _core.shm_unlink(name)
-        except OSError:
-            pass
+        else:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def _unlink_test_segments():
+    for name, path in _test_segments:
+        _unlink(name, path)
+
+
+def _test_copy(name, path):
+    """Under Django's test runner, a segment (or file) of this process's own, removed at exit."""
+    if not _test_segments:
+        atexit.register(_unlink_test_segments)
+    _test_segments.add((name, path))
+    return name, path
 
 
 def config():
-    """(name, size, lock timeout) from the settings."""
+    """(name, size, lock timeout, path or None) from the settings."""
     name = _setting("CSESSIONS_SHM_NAME", None)
+    path = _setting("CSESSIONS_SHM_PATH", None) or None
+    if path is not None:
+        path = os.fspath(path)
     if not name:
         name = default_name()
-        if _in_test_runner():
-            name = f"{name}-test-{os.getpid()}"
-            if not _test_segments:
-                atexit.register(_unlink_test_segments)
-            _test_segments.add(name)
+        if _in_test_runner() and path is None:
+            name, _ = _test_copy(f"{name}-test-{os.getpid()}", None)
+    if path is not None and _in_test_runner():
+        _, path = _test_copy(name, f"{path}-test-{os.getpid()}")
     size = int(_setting("CSESSIONS_SHM_SIZE", DEFAULT_SIZE))
     timeout = float(_setting("CSESSIONS_SHM_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT))
-    return name.lstrip("/"), size, timeout
+    return name.lstrip("/"), size, timeout, path
 
 
 def store():
@@ -138,7 +158,8 @@ def store():
         key = config()
         handle = _stores.get(key)
         if handle is None or handle.closed:
-            handle = _stores[key] = _core.ShmStore(key[0], key[1], lock_timeout=key[2])
+            handle = _stores[key] = _core.ShmStore(key[0], key[1], lock_timeout=key[2],
+                                                   path=key[3])
         _current = handle
     return _current
 
@@ -153,20 +174,21 @@ setting_changed.connect(_forget)
 
 def stats():
     """The store's counters: hits, misses, inserts, updates, deletes, evictions, expirations,
-    discarded (dropped by a repair), lock_recoveries, repairs, bytes_used, value_bytes, entries,
-    and its geometry (size, stripes, buckets, arena_bytes, bytes_free, max_entry, created)."""
+    discarded (dropped by a repair), lock_recoveries, repairs, reboots (file mode: boots after
+    which every entry was verified), bytes_used, value_bytes, entries, and its geometry (size,
+    stripes, buckets, arena_bytes, bytes_free, max_entry, created)."""
     return store().stats()
 
 
 def recreate():
-    """Removes the segment of the current settings and creates a new, empty one. Processes
-    that still have the old one mapped keep using it until they restart."""
+    """Removes the segment (or file) of the current settings and creates a new, empty one.
+    Processes that still have the old one mapped keep using it until they restart."""
     global _current
-    name, size, timeout = config()
-    for key in [k for k in _stores if k[0] == name]:
+    name, size, timeout, path = config()
+    for key in [k for k in _stores if k[0] == name and k[3] == path]:
         _stores.pop(key).close()
     _current = None
-    _core.shm_unlink(name)
+    _unlink(name, path)
     return store()
 
 

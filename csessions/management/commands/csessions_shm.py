@@ -27,23 +27,25 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="stats as one JSON object")
 
     def handle(self, *args, action="stats", **options):
-        name, size, _ = shm.config()
+        name, _, _, path = shm.config()
+        where = path or f"/{name}"
         try:
             if action == "recreate":
                 handle = shm.recreate()
-                self.stdout.write(f"recreated /{name}: {handle.size} bytes, empty")
+                self.stdout.write(f"recreated {where}: {handle.size} bytes, empty")
                 return
             handle = shm.store()
             if action == "check":
                 entries = handle.check()["entries"]
-                self.stdout.write(f"/{name}: consistent, {entries} entries")
+                self.stdout.write(f"{where}: consistent, {entries} entries")
                 return
         except (OSError, ValueError) as exc:  # ShmError is an OSError
             raise CommandError(str(exc)) from exc
         stats = handle.stats()
         if options["json"]:
-            self.stdout.write(json.dumps({"name": handle.name, **stats}, sort_keys=True))
+            self.stdout.write(json.dumps({"name": handle.name, "path": handle.path, **stats},
+                                         sort_keys=True))
             return
-        self.stdout.write(f"segment {handle.name}")
+        self.stdout.write(f"file {path}" if path else f"segment {handle.name}")
         for field in sorted(stats):
             self.stdout.write(f"  {field:<16} {stats[field]}")
