@@ -431,6 +431,35 @@ inflate_into(cs_state *st, cs_buf *out, const unsigned char *in, Py_ssize_t n)
     }
 }
 
+PyObject *
+cs_deflate_bytes(cs_state *st, const char *in, Py_ssize_t n, int level)
+{
+    cs_buf out;
+    cs_buf_init(&out);
+    PyObject *result = deflate_into(st, &out, in, n, level) < 0
+                           ? NULL
+                           : PyBytes_FromStringAndSize(out.data, out.len);
+    cs_buf_free(&out);
+    return result;
+}
+
+PyObject *
+cs_inflate_bytes(cs_state *st, const char *in, Py_ssize_t n)
+{
+    cs_buf out;
+    cs_buf_init(&out);
+    PyObject *result = NULL;
+    int rc = inflate_into(st, &out, (const unsigned char *)in, n);
+    if (rc == 0) {
+        result = PyBytes_FromStringAndSize(out.data, out.len);
+    }
+    else if (rc == 1) {
+        PyErr_SetString(PyExc_ValueError, "not a complete zlib stream");
+    }
+    cs_buf_free(&out);
+    return result;
+}
+
 /* --- sign / unsign -------------------------------------------------------------------- */
 
 PyObject *

@@ -11,6 +11,7 @@
 #include "shm.h"
 #include "hmac.h"
 #include "json.h"
+#include "pack.h"
 #include "util.h"
 
 static PyObject *
@@ -27,25 +28,99 @@ json_dumps(PyObject *module, PyObject *obj)
     return result;
 }
 
+/* The bytes of a bytes-like object, or of a str of code points < 256 read as latin-1 (how
+ * the shm store hands values out). 0, or -1 with an exception set; release with
+ * PyBuffer_Release when view->obj is set. */
+static int
+latin1_bytes(const char *fn, PyObject *data, Py_buffer *view)
+{
+    if (PyUnicode_Check(data)) {
+        if (PyUnicode_KIND(data) != PyUnicode_1BYTE_KIND) {
+            PyErr_Format(PyExc_ValueError, "%s(): a str must hold only code points < 256", fn);
+            return -1;
+        }
+        view->obj = NULL;
+        view->buf = PyUnicode_1BYTE_DATA(data);
+        view->len = PyUnicode_GET_LENGTH(data);
+        return 0;
+    }
+    return PyObject_GetBuffer(data, view, PyBUF_SIMPLE);
+}
+
+/* fn(state, bytes of data): for the methods that read bytes or a latin-1 str. */
+static PyObject *
+on_bytes(const char *name, PyObject *module, PyObject *data,
+         PyObject *(*fn)(cs_state *, const char *, Py_ssize_t))
+{
+    Py_buffer view;
+    if (latin1_bytes(name, data, &view) < 0) {
+        return NULL;
+    }
+    PyObject *result = fn(cs_get_state(module), view.buf, view.len);
+    if (view.obj != NULL) {
+        PyBuffer_Release(&view);
+    }
+    return result;
+}
+
+/* pack(obj) -> bytes, or None when obj is not JSON-stable (see pack.h) */
+static PyObject *
+pack(PyObject *module, PyObject *obj)
+{
+    (void)module;
+    cs_buf out;
+    cs_buf_init(&out);
+    int rc = cs_pack(&out, obj);
+    PyObject *result = rc < 0 ? NULL : rc > 0 ? Py_NewRef(Py_None)
+                                              : PyBytes_FromStringAndSize(out.data, out.len);
+    cs_buf_free(&out);
+    return result;
+}
+
+static PyObject *
+unpack(PyObject *module, PyObject *data)
+{
+    return on_bytes("unpack", module, data, cs_unpack);
+}
+
+/* deflate(data, level) -> bytes: zlib.compress on a reused stream */
+static PyObject *
+deflate_(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (cs_check_nargs("deflate", nargs, 2) < 0) {
+        return NULL;
+    }
+    long level = PyLong_AsLong(args[1]);
+    if (level == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (level < Z_DEFAULT_COMPRESSION || level > Z_BEST_COMPRESSION) {
+        PyErr_SetString(PyExc_ValueError, "deflate(): level must be -1..9");
+        return NULL;
+    }
+    Py_buffer view;
+    if (latin1_bytes("deflate", args[0], &view) < 0) {
+        return NULL;
+    }
+    PyObject *result = cs_deflate_bytes(cs_get_state(module), view.buf, view.len, (int)level);
+    if (view.obj != NULL) {
+        PyBuffer_Release(&view);
+    }
+    return result;
+}
+
+/* inflate(data) -> bytes: zlib.decompress on a reused stream; ValueError on bad data */
+static PyObject *
+inflate_(PyObject *module, PyObject *data)
+{
+    return on_bytes("inflate", module, data, cs_inflate_bytes);
+}
+
 /* json_loads(bytes-like, or a str of code points < 256: read as the latin-1 bytes it holds) */
 static PyObject *
 json_loads(PyObject *module, PyObject *data)
 {
-    if (PyUnicode_Check(data)) {
-        if (PyUnicode_KIND(data) != PyUnicode_1BYTE_KIND) {
-            PyErr_SetString(PyExc_ValueError, "json_loads(): a str must hold only code points < 256");
-            return NULL;
-        }
-        return cs_json_decode(cs_get_state(module), (const char *)PyUnicode_1BYTE_DATA(data),
-                              PyUnicode_GET_LENGTH(data));
-    }
-    Py_buffer view;
-    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
-        return NULL;
-    }
-    PyObject *result = cs_json_decode(cs_get_state(module), view.buf, view.len);
-    PyBuffer_Release(&view);
-    return result;
+    return on_bytes("json_loads", module, data, cs_json_decode);
 }
 
 static int
@@ -179,6 +254,14 @@ hmac_bench(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 static PyMethodDef core_methods[] = {
     {"json_dumps", json_dumps, METH_O,
      "json_dumps(obj) -> bytes, as json.dumps(obj, separators=(',', ':')).encode('latin-1')"},
+    {"deflate", (PyCFunction)(void (*)(void))deflate_, METH_FASTCALL,
+     "deflate(data, level) -> bytes, as zlib.compress(data, level), on a reused stream"},
+    {"inflate", inflate_, METH_O,
+     "inflate(data) -> bytes, as zlib.decompress(data); ValueError if it is not a zlib stream"},
+    {"pack", pack, METH_O,
+     "pack(obj) -> bytes, or None if a JSON round trip would change obj or refuse it (src/pack.h)"},
+    {"unpack", unpack, METH_O,
+     "unpack(data: bytes or latin-1 str) -> object; ValueError if malformed"},
     {"json_loads", json_loads, METH_O,
      "json_loads(data: bytes) -> object, as json.loads(data.decode('latin-1'))"},
     {"sign_object", (PyCFunction)(void (*)(void))sign_object, METH_FASTCALL,
@@ -262,6 +345,9 @@ core_clear(PyObject *module)
     Py_CLEAR(st->json_loads);
     Py_CLEAR(st->b64decode);
     Py_CLEAR(st->zlib_decompress);
+    for (int i = 0; i < CS_PACK_KEYS; i++) {
+        Py_CLEAR(st->pack_keys[i]); /* str: not tracked by the GC, so not visited */
+    }
     return 0;
 }
 

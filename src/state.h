@@ -14,6 +14,8 @@
 
 #include "simdjson_wrap.h"
 
+#define CS_PACK_KEYS 128
+
 typedef struct {
     PyObject *bad_signature;     /* exception types unsign raises; set_error_types() */
     PyObject *signature_expired;
@@ -29,6 +31,7 @@ typedef struct {
     z_stream inflater;
     int deflater_ready;
     int deflater_level;          /* the level deflater is set to */
+    PyObject *pack_keys[CS_PACK_KEYS]; /* str or NULL: pack.c's memo of dict keys */
     int inflater_ready;
 } cs_state;
 

@@ -115,6 +115,8 @@ SCRIPT = textwrap.dedent(
         s.update(HUGE)
         expect(SessionCookieTooLarge, s.save)
 
+    PACKABLE = {"user": "42", "cart": [1, 2.5, None, True, "é\U0001f600", (2**62,)], "n": {"x": -0.0}}
+    PACKED = _core.pack(PACKABLE)
     OPS = {
         "dumps_ok": lambda: _core.json_dumps(OBJ),
         "dumps_keys": lambda: _core.json_dumps({1: 2, 2.5: None, True: [], None: "x", "s": float("nan")}),
@@ -147,6 +149,14 @@ SCRIPT = textwrap.dedent(
         "unsign_nots": lambda: expect(ValueError, signing.loads, S_NOTS),
         "unsign_notzlib": lambda: expect(zlib.error, signing.loads, S_NOTZLIB),
         "unsign_truncated_zlib": lambda: expect(zlib.error, signing.loads, S_TRUNCZ),
+        "pack": lambda: _core.unpack(_core.pack(PACKABLE)),
+        "pack_unpack_str": lambda: _core.unpack(PACKED.decode("latin-1")),
+        "pack_declines": lambda: _core.pack({"a": [1, (2, {3: 4})]}),
+        "unpack_malformed": lambda: expect(ValueError, _core.unpack, PACKED[:-3]),
+        "unpack_bad_codepoint": lambda: expect(ValueError, _core.unpack,
+                                               b"l\x01\x00\x00\x00u\x04\x01\x00\x00\x00\xff\xff\xff\xff"),
+        "deflate_inflate": lambda: _core.inflate(_core.deflate(JSON, 1)),
+        "inflate_bad": lambda: expect(ValueError, _core.inflate, b"x\x9cgarbage"),
         "new_session_key": _core.new_session_key,
         "cookie_roundtrip": cookie_roundtrip,
         "cookie_garbage": cookie_garbage,
