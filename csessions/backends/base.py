@@ -15,6 +15,7 @@ from csessions.conf import setting
 # SessionBase.__init__ imports SESSION_SERIALIZER on every instantiation (~1 us); the
 # import is cached here by the setting's value, so a changed setting is still followed.
 _import_serializer = functools.lru_cache(maxsize=8)(import_string)
+_MISSING = object()
 
 
 class CSessionMixin:
@@ -25,6 +26,21 @@ class CSessionMixin:
         self.accessed = False
         self.modified = False
         self.serializer = _import_serializer(setting("SESSION_SERIALIZER"))
+
+    def _get_session(self, no_load=False):
+        # SessionBase._get_session (identical in Django 5.2, 6.0 and 6.1), except that the
+        # first access does not raise and catch AttributeError in Python (~1 us a request):
+        # getattr with a default looks the attribute up without making the exception.
+        self.accessed = True
+        cache = getattr(self, "_session_cache", _MISSING)
+        if cache is _MISSING:
+            if self.session_key is None or no_load:
+                cache = self._session_cache = {}
+            else:
+                cache = self._session_cache = self.load()
+        return cache
+
+    _session = property(_get_session)
 
     def get_session_cookie_age(self):
         return setting("SESSION_COOKIE_AGE")

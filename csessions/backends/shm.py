@@ -248,7 +248,8 @@ class SessionStore(CSessionMixin, SessionBase):
 
     def load(self):
         try:
-            raw = store().get(self.session_key, _now())
+            handle = _current if _current is not None else store()
+            raw = handle.get(self.session_key, int(time.time()))
         except (TypeError, ValueError):  # a key the store cannot hold (not ASCII, > 255)
             raw = None
         if raw is None:
@@ -287,16 +288,16 @@ class SessionStore(CSessionMixin, SessionBase):
         return self.get_expiry_age()
 
     def save(self, must_create=False):
-        if self.session_key is None:
+        key = self.session_key
+        if key is None:
             return self.create()
         data = self._get_session(no_load=must_create)
-        value = self._pack(data)
-        key = self.session_key
-        handle = store()
+        value = pack_value(data, self.serializer)
+        handle = _current if _current is not None else store()
         size = handle.entry_overhead + len(key) + len(value)
         if size > handle.max_entry:
             raise SessionTooLarge(size, handle.max_entry, handle.name)
-        now = _now()
+        now = int(time.time())
         try:
             stored = handle.put(key, value, now + self._expiry_age(data), now,
                                 _ADD if must_create else _REPLACE)
