@@ -4,7 +4,7 @@ Writes bench/results/results.json (environment + every measurement, per-round sa
 bench/results/results.md (typical payload first, then all payloads) and PNG charts
 (codec.png, engines.png, hmac.png). Every session engine is measured beside its Django twin on
 the same store (engines.py; it starts and stops the PostgreSQL, Redis and memcached servers).
-About 6 minutes in full (1.5 of them codec + callgrind), ~1 minute with --quick --no-callgrind.
+About 4 minutes in full (1.5 of them codec + callgrind), ~1 minute with --quick --no-callgrind.
 
 Usage: .venv/bin/python bench/run.py [--quick] [--no-callgrind] [--payloads ...] [--out DIR]
        [--engines all|file,db-*,...] [--engine-payload-ops cycle,...] [--sqlite-dir DIR]
