@@ -319,6 +319,26 @@ def test_durable_mode(store_dir):
     assert files(store_dir) == []
 
 
+def test_durable_mode_follows_setting_changes():
+    # An unset setting's default is cached in LazySettings' own cache; Django's invalidation
+    # of that cache must still reach durable().
+    from django.conf import settings
+
+    from csessions.backends.file import durable
+
+    assert durable() is False
+    assert durable() is False  # the cached default
+    with override_settings(CSESSIONS_FILE_FSYNC=True):
+        assert durable() is True
+    assert durable() is False
+    settings.CSESSIONS_FILE_FSYNC = True
+    try:
+        assert durable() is True
+    finally:
+        del settings.CSESSIONS_FILE_FSYNC
+    assert durable() is False
+
+
 @pytest.mark.skipif(shutil.which("strace") is None or SANITIZED, reason="needs strace")
 def test_durable_mode_fsyncs_file_and_directory(tmp_path):
     script = (

@@ -88,10 +88,7 @@ SWEEP_REPLACES = ("decode", "load", "get_expiry_age", "_expiry_date", "_last_mod
 
 def durable():
     """CSESSIONS_FILE_FSYNC, read at each call (override_settings applies at once)."""
-    try:
-        return bool(setting("CSESSIONS_FILE_FSYNC"))
-    except AttributeError:
-        return False
+    return bool(setting("CSESSIONS_FILE_FSYNC", False))
 
 
 def default_sweep_threads():
