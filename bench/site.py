@@ -4,6 +4,9 @@ Each engine serves `/counter` (reads and writes a visit counter in the session) 
 example project under gunicorn with 2 workers (one per core); wrk on loopback keeps each
 connection's session cookie (bench/wrk_cookie.lua), so every request loads and saves a real
 session. `/nosession` on the same server is the ceiling: the same tiny view without a session.
+Between the two, the floor: `/counter` on an engine that stores nothing (bench/nostore_session.py),
+so Django's middleware and SessionBase run in full but the store costs nothing; an engine's own
+cost is its distance from that row.
 Engines are run in rounds, in a shuffled order each round, and the medians over rounds are
 reported, so drift on a shared machine hits every engine alike.
 
@@ -42,11 +45,13 @@ from cache_servers import start_memcached, start_redis  # noqa: E402
 from pg_server import FAST_SETTINGS, start_postgres  # noqa: E402
 
 CEILING = "no session (ceiling)"
+FLOOR = "session, no store (floor)"
 # (label, engine module without its package, store, path); each engine runs as Django's
 # (django.contrib.sessions.backends.<engine>) and as csessions' (csessions.backends.<engine>).
 STORES = ("none", "sqlite", "postgresql", "postgresql+redis", "redis", "memcached")
 CANDIDATES = [
     (CEILING, "signed_cookies", "none", "/nosession"),
+    (FLOOR, "nostore_session", "none", "/counter"),
     ("signed_cookies", "signed_cookies", "none", "/counter"),
     ("file", "file", "none", "/counter"),
     ("db [SQLite]", "db", "sqlite", "/counter"),
@@ -63,6 +68,9 @@ def configurations():
     for label, engine, store, path in CANDIDATES:
         if label == CEILING:
             yield label, f"django.contrib.sessions.backends.{engine}", store, path
+            continue
+        if label == FLOOR:
+            yield label, engine, store, path  # bench/ is on the site's PYTHONPATH
             continue
         if engine != "shm":
             yield f"django {label}", f"django.contrib.sessions.backends.{engine}", store, path
@@ -102,7 +110,8 @@ class Stores:
         return self
 
     def site_env(self, store, engine=None):
-        env = dict(os.environ, DJANGO_DEBUG="0", TMPDIR=str(self.tmp), PYTHONPATH=str(REPO),
+        pythonpath = os.pathsep.join([str(REPO), str(REPO / "bench")])
+        env = dict(os.environ, DJANGO_DEBUG="0", TMPDIR=str(self.tmp), PYTHONPATH=pythonpath,
                    **self.env[store])  # file engines write to TMPDIR
         if engine:
             env["CSESSIONS_ENGINE"] = engine
@@ -197,7 +206,7 @@ def main(argv=None):
             for label, engine, store, path in random.sample(engines, len(engines)):
                 proc, port = start_server(stores.site_env(store, engine))
                 try:
-                    if path == "/counter":
+                    if path == "/counter" and label != FLOOR:
                         check_counter(port)
                     samples[label].append(run_wrk(port, path, a.seconds, a.connections))
                 finally:
@@ -221,10 +230,14 @@ def main(argv=None):
         md.append(f"| {row['label']} | {row['rps']:.0f} ({lo:.0f}-{hi:.0f}) | "
                   f"{row['of_ceiling']:.0%} | {row['p50_ms']:.2f} ms | {row['p99_ms']:.2f} ms |")
     shm = next((r for r in rows if r["label"] == "csessions shm"), None)
+    floor = next(r for r in rows if r["label"] == FLOOR)
+    md.append("")
+    md.append(f"Django's session machinery alone (middleware, SessionBase, the cookie; no store) "
+              f"serves {floor['of_ceiling']:.1%} of the ceiling.")
     if shm:
-        md.append("")
         md.append(f"Bar (issue #5): csessions shm within 5% of the no-session ceiling: "
-                  f"{shm['of_ceiling']:.1%} of it, **{'met' if shm['of_ceiling'] >= 0.95 else 'not met'}**.")
+                  f"{shm['of_ceiling']:.1%} of it, **{'met' if shm['of_ceiling'] >= 0.95 else 'not met'}**; "
+                  f"{shm['rps'] / floor['rps']:.1%} of the no-store floor.")
     table = "\n".join(md)
     print(table)
     out = Path(a.out)
