@@ -92,9 +92,11 @@ test-asan: deps $(VENV_ASAN)/.ok
 test: test-py test-django test-compat test-asan bench-check
 	@echo "make test: all green"
 
-# The example site on http://127.0.0.1:8000 (CSESSIONS_ENGINE picks the engine).
+# The example site on http://127.0.0.1:8000, on the shared-memory engine (CSESSIONS_ENGINE
+# picks another).
 demo: build
-	cd example && ../$(VENV)/bin/python manage.py runserver 127.0.0.1:8000
+	cd example && CSESSIONS_ENGINE=$${CSESSIONS_ENGINE:-csessions.backends.shm} \
+	  ../$(VENV)/bin/python manage.py runserver 127.0.0.1:8000
 
 bench: build
 	@dpkg -s wrk >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null)
