@@ -255,6 +255,11 @@ class SessionStore(CSessionMixin, SessionBase):
         if raw is None:
             self._session_key = None
             return {}
+        if raw[:1] == "o":  # the common case, without _unpack's dispatch (~0.2 us)
+            try:
+                return _core.unpack(raw)
+            except ValueError:
+                pass  # _unpack logs it
         return self._unpack(raw)
 
     def exists(self, session_key):
@@ -294,16 +299,16 @@ class SessionStore(CSessionMixin, SessionBase):
         data = self._get_session(no_load=must_create)
         value = pack_value(data, self.serializer)
         handle = _current if _current is not None else store()
-        size = handle.entry_overhead + len(key) + len(value)
-        if size > handle.max_entry:
-            raise SessionTooLarge(size, handle.max_entry, handle.name)
         now = int(time.time())
         try:
             stored = handle.put(key, value, now + self._expiry_age(data), now,
                                 _ADD if must_create else _REPLACE)
         except TypeError:  # a key the store cannot hold: it cannot exist there either
             stored = False
-        except ValueError:
+        except ValueError:  # put() checks before it changes anything
+            size = handle.entry_overhead + len(key) + len(value)
+            if size > handle.max_entry:
+                raise SessionTooLarge(size, handle.max_entry, handle.name) from None
             if len(key) <= 255:
                 raise
             stored = False
