@@ -8,17 +8,18 @@ database and segment lives in a temporary place removed at the end, also on erro
   shm      csessions.backends.shm, one 2 GiB segment of its own (no Django twin)
   locmem   the cache engine on Django's LocMemCache, csessions and Django
   redis    the cache engine on Django's RedisCache (redis-server), csessions and Django
+  memcached  the cache engine on Django's PyMemcacheCache (memcached, 2 GiB), csessions and Django
   sqlite   the db engine on SQLite (a file in the temporary directory), csessions and Django
   pg       the db engine on PostgreSQL (fsync off: the disk's noise is not what is measured)
   file     the file engine, csessions and Django
 
-1. Number of sessions N = 1e3 .. 1e6 (1e3, 1e4 with --quick; the file store stops at 1e5,
-   see FILE_MAX_N). Per store and N: the store is emptied and filled with N sessions of the
+1. Number of sessions N = 1e3 .. 1e6 (1e3, 1e4 with --quick; Django's clear_expired() on
+   files stops at 1e5, see DJANGO_FILE_CLEAR_MAX_N). Per store and N: the store is emptied and filled with N sessions of the
    ``typical`` payload, 10% of them expired, by bulk store-level writes of what the engine
    itself stores (encode() for db and file; for shm the value of one session saved through
    the engine, read back raw; the pickled dict the cache backend keeps for the cache engine): one INSERT ... SELECT over generated keys for the
-   databases, a pipeline for Redis, the backend's dicts for LocMem, ShmStore.put, plain file
-   writes. Then, after checking that each engine loads the stored payload back (and an expired
+   databases, a pipeline for Redis, the backend's dicts for LocMem, ShmStore.put, hard links
+   to a few template files. Then, after checking that each engine loads the stored payload back (and an expired
    key as empty), ``SessionStore(key).load()`` is timed per call on random live keys (median
    and p99; the engines of one store interleaved in chunks, common.sample_calls), and
    ``clear_expired()`` of each engine (the expired 10% written again before the second one;
@@ -48,6 +49,7 @@ import random
 import secrets
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -63,9 +65,10 @@ import pg_server  # noqa: E402
 
 LEVELS = (1_000, 10_000, 100_000, 1_000_000)
 QUICK_LEVELS = (1_000, 10_000)
-# Writing, listing and clearing a million files (Django decodes every one in Python) would
-# take minutes of the budget alone; the trend is clear by 1e5.
-FILE_MAX_N = 100_000
+# Django's clear_expired() over a million files (it decodes every one in Python) takes ~150 s
+# here, too much of the 15-minute budget; the trend is clear by 1e5. csessions' runs at 1e6.
+DJANGO_FILE_CLEAR_MAX_N = 100_000
+LINKS_PER_FILE = 60_000  # ext4 allows 65,000 names for one inode
 EXPIRED_SHARE = 0.10
 PAYLOAD_N = 1_000
 SHM_SIZE = 2 << 30  # room for 1e6 typical sessions (1 KiB blocks) with no eviction
@@ -73,11 +76,13 @@ AGE = 1_209_600  # SESSION_COOKIE_AGE in common.setup_django
 FLAT_BAR = 1.2
 FIXED_BAR = 64
 KEY_DIGITS = 31  # keys are "a" (live) or "e" (expired) + 31 digits: 32 chars of [a-z0-9]
-STORE_NAMES = ("shm", "locmem", "redis", "sqlite", "pg", "file")
-LABELS = {"shm": "shm", "locmem": "LocMem", "redis": "Redis", "sqlite": "SQLite",
-          "pg": "PostgreSQL", "file": "file"}
-COLORS = {"shm": "tab:red", "locmem": "tab:orange", "redis": "tab:purple", "sqlite": "tab:blue",
-          "pg": "tab:green", "file": "tab:brown"}
+STORE_NAMES = ("shm", "locmem", "redis", "memcached", "sqlite", "pg", "file")
+LABELS = {"shm": "shm", "locmem": "LocMem", "redis": "Redis", "memcached": "memcached",
+          "sqlite": "SQLite", "pg": "PostgreSQL", "file": "file"}
+COLORS = {"shm": "tab:red", "locmem": "tab:orange", "redis": "tab:purple", "memcached": "tab:pink",
+          "sqlite": "tab:blue", "pg": "tab:green", "file": "tab:brown"}
+CACHE_STORES = ("locmem", "redis", "memcached")  # clear_expired() is Django's no-op there
+MEMCACHED_MB = 2048  # 1e6 typical sessions take ~1 GiB of its slabs
 SHM_GET = "csessions (raw ShmStore.get)"
 
 
@@ -119,8 +124,8 @@ class Store:
     i = 0..n-1) straight into the store; ``count`` says how many it holds."""
 
     name = ""
-    max_n = LEVELS[-1]
     clears = True  # False: clear_expired() is a no-op (the cache expires entries itself)
+    clear_max_n = {}  # side -> largest N whose clear_expired() is timed (default: every N)
 
     def engines(self):
         raise NotImplementedError
@@ -292,6 +297,60 @@ class RedisStore(CacheStore):
         return self.client().dbsize()
 
 
+class MemcachedStore(CacheStore):
+    name = "memcached"
+
+    def client(self):
+        return self.cache()._cache  # pymemcache's HashClient, with Django's pickle serde
+
+    def fill(self, payload, n_live, n_expired, letter="a"):
+        from django.contrib.sessions.backends.cache import KEY_PREFIX
+
+        cache = self.cache()
+        prefix = cache.make_key(KEY_PREFIX)
+        assert prefix + live_key(0) == cache.make_key(KEY_PREFIX + live_key(0))
+        client = self.client()
+        # What PyMemcacheCache.set() stores (its serde's pickle and flags), pickled once.
+        blob, flags = next(iter(client.clients.values())).serde.serialize(prefix, payload)
+        host, port = self.cache()._servers[0].rsplit(":", 1)
+        # Raw "set ... noreply" commands on one socket (pymemcache's set_many takes ~55 s for a
+        # million here), then a version round trip: memcached answers in order, so every set has
+        # been applied when the version arrives. Expired: an absolute expiry time in the past
+        # (memcached reads an exptime over 30 days as a Unix time), gone when read, as on Redis.
+        with socket.create_connection((host, int(port))) as sock:
+            for make, n, ttl in ((lambda i: live_key(i, letter), n_live, AGE),
+                                 (expired_key, n_expired, int(time.time()) - 60)):
+                tail = f" {flags} {ttl} {len(blob)} noreply\r\n".encode()
+                for start in range(0, n, 10_000):
+                    sock.sendall(b"".join(
+                        b"set " + (prefix + make(i)).encode() + tail + blob + b"\r\n"
+                        for i in range(start, min(n, start + 10_000))))
+            sock.sendall(b"version\r\n")
+            reply = b""
+            while not reply.endswith(b"\r\n"):
+                chunk = sock.recv(4096)
+                if not chunk:
+                    raise common.BenchError("memcached closed the connection during the fill")
+                reply += chunk
+            if not reply.startswith(b"VERSION"):
+                raise common.BenchError(f"memcached refused the fill: {reply[:200]!r}")
+
+    # flush_all leaves memcached's item count as it was (items go lazily), so a level starts
+    # in a fresh key namespace instead: the cache's version, which both engines' keys carry.
+    base = 0
+
+    def items(self):
+        return sum(int(st[b"curr_items"]) for st in
+                   (c.stats() for c in self.client().clients.values()))
+
+    def reset(self):
+        self.cache().version += 1
+        self.base = self.items()
+
+    def count(self):
+        return self.items() - self.base
+
+
 class DbStore(Store):
     def __init__(self, name, alias):
         self.name, self.alias = name, alias
@@ -347,13 +406,15 @@ class DbStore(Store):
 
 class FileStore(Store):
     name = "file"
-    max_n = FILE_MAX_N
+    clear_max_n = {"django": DJANGO_FILE_CLEAR_MAX_N}
 
     def __init__(self, tmp):
         from django.conf import settings
 
         self.dir = os.path.join(tmp, "files")
+        self.templates = os.path.join(tmp, "file-templates")
         os.mkdir(self.dir)
+        os.mkdir(self.templates)
         settings.SESSION_FILE_PATH = self.dir
 
     def engines(self):
@@ -372,15 +433,23 @@ class FileStore(Store):
         # (the typical payload's own _session_expiry is an int, which never expires a file).
         stale = SessionStore().encode({k: v for k, v in payload.items() if k != "_session_expiry"}).encode()
         old = time.time() - 2 * AGE
+        # Hard links to a few template files: a link is one metadata write where a new file
+        # is three system calls and a data block (a million files: ~25 s instead of ~100 s).
+        # Every engine reads a link as the file it is; the expired ones share the old mtime.
+        template = None
         for i in range(n_live + n_expired):
-            path = prefix + (live_key(i, letter) if i < n_live else expired_key(i - n_live))
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                os.write(fd, live if i < n_live else stale)
-            finally:
-                os.close(fd)
-            if i >= n_live:
-                os.utime(path, (old, old))
+            expired = i >= n_live
+            j = i - n_live if expired else i
+            if j % LINKS_PER_FILE == 0:
+                template = os.path.join(self.templates, f"{letter}{int(expired)}-{j}")
+                with open(template, "xb") as f:
+                    f.write(stale if expired else live)
+                os.chmod(template, 0o600)
+                if expired:
+                    os.utime(template, (old, old))
+            os.link(template, prefix + (expired_key(j) if expired else live_key(j, letter)))
+        for entry in os.scandir(self.templates):
+            os.unlink(entry.path)  # the links keep the contents
 
     def count(self):
         return len(os.listdir(self.dir))
@@ -389,7 +458,7 @@ class FileStore(Store):
 # ------------------------------------------------------------------------------------ set-up
 
 
-def configure(tmp, pg, redis):
+def configure(tmp, pg, redis, memcached):
     """Settings beyond common.setup_django's. django.setup() has already read DATABASES (and
     may have read the rest): the handlers re-read them, as Django's setting_changed receivers
     do for CACHES, before any connection is opened."""
@@ -411,6 +480,10 @@ def configure(tmp, pg, redis):
     if redis:
         settings.CACHES["scale-redis"] = {"BACKEND": "django.core.cache.backends.redis.RedisCache",
                                           "LOCATION": redis.location}
+    if memcached:
+        settings.CACHES["scale-memcached"] = {
+            "BACKEND": "django.core.cache.backends.memcached.PyMemcacheCache",
+            "LOCATION": memcached.location}
     for handler in (connections, caches):  # what django.test.signals does for CACHES
         handler.settings = handler.configure_settings(None)
         handler._connections = Local(handler.thread_critical)
@@ -421,7 +494,8 @@ def make_stores(names, tmp, pg):
     from django.core.management import call_command
 
     make = {"shm": ShmStore, "locmem": lambda: LocMemStore("scale-locmem"),
-            "redis": lambda: RedisStore("scale-redis"), "sqlite": lambda: DbStore("sqlite", "default"),
+            "redis": lambda: RedisStore("scale-redis"),
+            "memcached": lambda: MemcachedStore("scale-memcached"), "sqlite": lambda: DbStore("sqlite", "default"),
             "pg": lambda: DbStore("pg", "pg"), "file": lambda: FileStore(tmp)}
     out = [make[name]() for name in names]
     for alias in ["default"] + (["pg"] if pg else []):
@@ -449,7 +523,7 @@ def check_loads(store, payload, n_live, n_expired, rng, letter="a"):
 
 def expect_count(store, want, when):
     got = store.count()
-    ok = got == want if store.name != "redis" else want * (1 - EXPIRED_SHARE) <= got <= want
+    ok = got == want if store.name not in ("redis", "memcached") else want * (1 - EXPIRED_SHARE) <= got <= want
     if not ok:
         raise common.BenchError(f"{store.name}: {got} sessions stored {when}, expected {want}")
 
@@ -480,10 +554,14 @@ def time_loads(store, n_live, rng, mode):
 
 
 def time_clear(store, payload, n_live, n_expired):
-    """{side: seconds} of clear_expired(), each starting from the same N sessions."""
+    """{side: seconds} of clear_expired(), each starting from the same N sessions; None for a
+    side not timed at this N (Store.clear_max_n)."""
     out = {}
-    for j, (side, cls) in enumerate(store.engines().items()):
-        if j and store.clears:
+    for side, cls in store.engines().items():
+        if n_live + n_expired > store.clear_max_n.get(side, n_live + n_expired):
+            out[side] = None
+            continue
+        if out and store.clears:
             store.fill(payload, 0, n_expired)
         expect_count(store, n_live + n_expired, f"before {side}'s clear_expired()")
         t0 = time.perf_counter()
@@ -522,7 +600,7 @@ def run_levels(stores, levels, payload, rng, mode, flat_cfg, log):
         started = time.perf_counter()
         store.activate()
         results[store.name] = {}
-        for n in [x for x in levels if x <= store.max_n]:
+        for n in levels:
             n_expired = int(n * EXPIRED_SHARE)
             n_live = n - n_expired
             store.reset()
@@ -543,7 +621,8 @@ def run_levels(stores, levels, payload, rng, mode, flat_cfg, log):
             results[store.name][n] = r
             log(f"  {LABELS[store.name]:<10} N={n:>9,}  fill {fill_s:6.2f} s  load " + ", ".join(
                 f"{side} {fmt_ns(v['p50'])}" for side, v in r["load"].items()) + "  clear " + ", ".join(
-                f"{side} {fmt_ns(v * 1e9)}" for side, v in r["clear_s"].items()))
+                f"{side} {'not run' if v is None else fmt_ns(v * 1e9)}"
+                for side, v in r["clear_s"].items()))
         store.reset()
         log(f"  {LABELS[store.name]:<10} {time.perf_counter() - started:.0f} s in all")
     return results
@@ -652,8 +731,8 @@ def report(res):
         p("Not measured: " + "; ".join(f"{k} ({v})" for k, v in res["skipped"].items()) + "\n")
     lv = res["levels"]
     p("## Load: `SessionStore(key).load()` on random live keys, median (p99)\n")
-    p(f"N sessions of the typical payload, {EXPIRED_SHARE:.0%} of them expired. The file store "
-      f"stops at {FILE_MAX_N:,} (writing and clearing 1e6 files does not fit the time budget).\n")
+    p(f"N sessions of the typical payload, {EXPIRED_SHARE:.0%} of them expired (the files: hard "
+      "links to a few template files, each read as the file it is).\n")
     rows = []
     for store, by_n in lv.items():
         sides = next(iter(by_n.values()))["load"] if by_n else {}
@@ -675,7 +754,10 @@ def report(res):
                     cells.append("not run")
                     continue
                 s = by_n[n]["clear_s"][side]
-                cells.append(fmt_ns(s * 1e9) + (" (no-op)" if store in ("locmem", "redis") else ""))
+                if s is None:
+                    cells.append("not run (~150 s here: over the time budget)")
+                    continue
+                cells.append(fmt_ns(s * 1e9) + (" (no-op)" if store in CACHE_STORES else ""))
             rows.append([contender_label(store, side)] + cells)
     p(table(["store"] + [f"N={n:,}" for n in levels_all], rows) + "\n")
     p("Fill time (bulk, store-level writes; not a session engine's cost):\n")
@@ -783,11 +865,12 @@ def charts(res, out_dir):
     fig, ax = plt.subplots(figsize=(10, 5.5))
     for store, by_n in lv.items():
         ns = sorted(by_n)
-        if store in ("locmem", "redis") or not ns:
+        if store in CACHE_STORES or not ns:
             continue  # Django's no-op: nothing to chart on a log axis
         for side in by_n[ns[0]]["clear_s"]:
-            stop = f" (to {ns[-1]:,})" if ns[-1] < res["config"]["levels"][-1] else ""
-            ax.plot(ns, [by_n[n]["clear_s"][side] * 1e3 for n in ns],
+            timed = [n for n in ns if by_n[n]["clear_s"][side] is not None]
+            stop = f" (to {timed[-1]:,})" if timed[-1] < res["config"]["levels"][-1] else ""
+            ax.plot(timed, [by_n[n]["clear_s"][side] * 1e3 for n in timed],
                     label=contender_label(store, side) + stop, **style(store, side))
     save(fig, ax, "scale_clear_expired.png",
          "clear_expired() with 10% expired (cache engines: no-op, not shown)",
@@ -841,11 +924,12 @@ def main(argv=None):
     res = {"command": " ".join(["bench/scale.py"] + (argv if argv is not None else sys.argv[1:])),
            "environment": env, "skipped": skipped,
            "config": {"levels": list(levels), "expired_share": EXPIRED_SHARE, "payload_n": PAYLOAD_N,
-                      "shm_size": SHM_SIZE, "file_max_n": FILE_MAX_N, "load_sampling": mode,
+                      "shm_size": SHM_SIZE, "django_file_clear_max_n": DJANGO_FILE_CLEAR_MAX_N,
+                      "load_sampling": mode,
                       "cycle_timing": cfg.as_dict(), "stores": names}}
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     try:
-        pg = redis = None
+        pg = redis = memcached = None
         if "pg" in names:
             try:
                 pg = pg_server.start_postgres(pg_server.FAST_SETTINGS)
@@ -860,8 +944,15 @@ def main(argv=None):
                 servers.append(ctx)
             except cache_servers.ServerError as exc:
                 skipped["redis"] = str(exc)
+        if "memcached" in names:
+            try:
+                ctx = cache_servers.start_memcached(MEMCACHED_MB)
+                memcached = ctx.__enter__()
+                servers.append(ctx)
+            except cache_servers.ServerError as exc:
+                skipped["memcached"] = str(exc)
         names = [n for n in names if n not in skipped]
-        configure(tmp, pg, redis)
+        configure(tmp, pg, redis, memcached)
         stores = make_stores(names, tmp, pg)
         if redis:
             res["redis"] = stores[names.index("redis")].client().info("server")["redis_version"]

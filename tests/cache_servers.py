@@ -200,11 +200,12 @@ def _redis(tmpdir):
     return Server("redis-server", argv, b"PING\r\n", b"+PONG", "redis://127.0.0.1:{port}/0")
 
 
-def _memcached():
+def _memcached(memory_mb=64):
     binary = _binary("memcached")
 
     def argv(port):
-        cmd = [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "64", "-t", "2", "-c", "256"]
+        cmd = [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", str(memory_mb), "-t", "2",
+               "-c", "256"]
         if os.geteuid() == 0:
             cmd += ["-u", "root"]  # memcached refuses to run as root without -u
         return cmd
@@ -220,8 +221,8 @@ def start_redis():
 
 
 @contextlib.contextmanager
-def start_memcached():
-    with _memcached().start() as server:
+def start_memcached(memory_mb=64):
+    with _memcached(memory_mb).start() as server:
         yield server
 
 
