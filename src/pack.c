@@ -168,9 +168,6 @@ get_u32(reader *r, uint32_t *v)
     return 0;
 }
 
-/* Keys repeat across sessions ("_auth_user_id") and within one ("sku" in every cart line):
- * short ASCII keys are kept in a small direct-mapped table of the module state, so each is
- * allocated and hashed once per process, not once per key per request. */
 /* A new str of n ASCII bytes; PyUnicode_FromKindAndData would scan them again for the
  * widest character. */
 static PyObject *
@@ -199,6 +196,9 @@ is_ascii(const unsigned char *s, uint32_t n)
     return (any & 0x8080808080808080ull) == 0;
 }
 
+/* Keys repeat across sessions ("_auth_user_id") and within one ("sku" in every cart line):
+ * short ASCII keys are kept in a small direct-mapped table of the module state, so each is
+ * allocated and hashed once per process, not once per key per request. */
 static PyObject *
 memo_key(cs_state *st, const unsigned char *s, uint32_t n)
 {

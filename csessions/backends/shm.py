@@ -241,6 +241,8 @@ class SessionStore(CSessionMixin, SessionBase):
 
     def _unpack(self, value):
         try:
+            if value[:1] == "o":  # the common case, without unpack_value's dispatch
+                return _core.unpack(value)
             return unpack_value(value, self.serializer)
         except Exception:
             logging.getLogger("django.security.SuspiciousSession").warning("Session data corrupted")
@@ -255,11 +257,6 @@ class SessionStore(CSessionMixin, SessionBase):
         if raw is None:
             self._session_key = None
             return {}
-        if raw[:1] == "o":  # the common case, without _unpack's dispatch (~0.2 us)
-            try:
-                return _core.unpack(raw)
-            except ValueError:
-                pass  # _unpack logs it
         return self._unpack(raw)
 
     def exists(self, session_key):
