@@ -4,14 +4,15 @@
  * On-disk layout, Django's own, so that both engines can share one directory:
  *
  *     <dir>/<prefix><key>             a session: one signed value, or empty (the placeholder
- *                                     an exclusive create leaves until its rename lands)
+ *                                     an exclusive create leaves until its temp file lands)
  *     <dir>/<prefix><key>_out_<rnd>   a writer's temp file, <rnd> in [a-z0-9_]+ (mkstemp's
  *                                     alphabet), so a sweep recognises Django's and ours
  *
  * Invariants:
- * - A session file's content is only ever replaced whole, by rename(2) of a complete temp
- *   file from the same directory: a reader sees the old value, the new one or the
- *   placeholder, never a mix.
+ * - A session file's content is only ever replaced whole, by a complete temp file from the
+ *   same directory taking its name (a swap of the two names, renameat2 RENAME_EXCHANGE,
+ *   where the filesystem has it; rename(2) elsewhere): a reader sees the old value, the
+ *   new one or the placeholder, never a mix.
  * - Every open(2) of a session or temp file carries O_NOFOLLOW and O_CLOEXEC (the storage
  *   directory itself may be a symlink: it is the administrator's, the names in it are not);
  *   files are created 0600 (before the umask) with O_EXCL.

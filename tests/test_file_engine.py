@@ -10,6 +10,7 @@ stale temp files. Two processes hammering one directory never leave a corrupt fi
 import asyncio
 import concurrent.futures
 import datetime
+import errno
 import hashlib
 import json
 import logging
@@ -356,6 +357,63 @@ def test_durable_mode_fsyncs_file_and_directory(tmp_path):
         counts[flag] = out.stderr.count("fsync(")
     # two saves: file + directory each; the unlink: the directory
     assert counts == {"0": 0, "1": 5}
+
+
+def _run_traced(strace_args, script, *argv, **popen):
+    return subprocess.Popen(
+        ["strace", "-f", *strace_args, sys.executable, "-c", script, *map(str, argv)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), PYTHONDONTWRITEBYTECODE="1"),
+        **popen,
+    )
+
+
+def test_save_swaps_names_instead_of_renaming_over(tmp_path):
+    # A rename over an existing file makes ext4 start writing the new file at once (most of
+    # a save's time); the save swaps the names and unlinks the old content instead.
+    script = (
+        "import sys; from csessions import _core; p = sys.argv[1];"
+        "_core.file_save(p, b'x', True, False); _core.file_save(p, b'y', False, False)"
+    )
+    proc = _run_traced(["-e", "trace=rename,renameat,renameat2"], script, tmp_path / "s")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    swaps = [line for line in err.splitlines() if "RENAME_EXCHANGE" in line]
+    assert len(swaps) == 2 and all("= 0" in line for line in swaps), err
+    assert "rename(" not in err and "renameat(" not in err
+    assert os.listdir(tmp_path) == ["s"] and (tmp_path / "s").read_bytes() == b"y"
+
+
+def test_save_of_a_session_deleted_mid_write_is_an_update_error(tmp_path):
+    # The child's write(2) is held for a second: the session is deleted while the save
+    # writes its temp file. Django's engine, which checks first and renames last, brings
+    # the deleted session back; this one's swap finds it gone: UpdateError.
+    p = tmp_path / "s"
+    _core.file_save(p, b"x", True, False)
+    script = (
+        "import sys; from csessions import _core\n"
+        "try:\n    _core.file_save(sys.argv[1], b'y', False, False)\n"
+        "except FileNotFoundError:\n    print('update error')\n"
+    )
+    proc = _run_traced(["-o", os.devnull, "-e", "trace=write", "-e", "inject=write:delay_enter=1000000:when=1"],
+                       script, p)
+    deadline = time.monotonic() + 30
+    while not any("_out_" in name for name in os.listdir(tmp_path)):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.001)
+    os.unlink(p)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert out == "update error\n"
+    assert os.listdir(tmp_path) == []
+
+
+def test_save_over_a_directory_fails_and_keeps_it(tmp_path):
+    d = tmp_path / "s"
+    d.mkdir()
+    (d / "inside").write_bytes(b"kept")
+    assert _core.file_save(d, b"x", False, False) == errno.EISDIR
+    assert os.listdir(tmp_path) == ["s"] and (d / "inside").read_bytes() == b"kept"
 
 
 # ---------------------------------------------------------------------------- odd files
