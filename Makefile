@@ -13,7 +13,7 @@ PY313 ?= $(firstword $(wildcard $(PYENV_ROOT)/versions/3.13.*/bin/python3.13) $(
 DJANGO_52 := 5.2.19
 DJANGO_61 := 6.1.3
 DJANGO_60 := 6.0.10
-DEB_PACKAGES := build-essential pkg-config libsodium-dev libsimdjson-dev zlib1g-dev libssl-dev valgrind \
+DEB_PACKAGES := build-essential pkg-config libsodium-dev libsimdjson-dev zlib1g-dev libssl-dev valgrind strace \
 	postgresql redis-server memcached
 
 VENV := .venv

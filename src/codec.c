@@ -9,6 +9,92 @@ static const char b62_alphabet[] =
 
 /* --- base64url without padding ------------------------------------------------------- */
 
+/* On x86 with SSSE3 (every x86-64 CPU since 2006, checked at run time) the bulk of the text
+ * goes 16 characters at a time, after Wojciech Mula and Daniel Lemire ("Faster Base64
+ * Encoding and Decoding using AVX2 Instructions", 2018): 12 bytes are spread into 16
+ * sextets by one shuffle and two multiplies, and sextets become characters by adding an
+ * offset that a shuffle looks up; decoding checks each character's range with compares (a
+ * block with any other character goes to the scalar loop, which reports it) and packs 16
+ * sextets back into 12 bytes with two multiply-adds. The scalar loops do the rest. */
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define CS_B64_SIMD 1
+#include <immintrin.h>
+
+static int
+have_ssse3(void)
+{
+    static int known = -1; /* racing threads both compute the same answer */
+    if (known < 0) {
+        __builtin_cpu_init();
+        known = __builtin_cpu_supports("ssse3") ? 1 : 0;
+    }
+    return known;
+}
+
+/* Encodes 12 bytes per step while 16 can be read; returns the bytes consumed. */
+__attribute__((target("ssse3"))) static Py_ssize_t
+b64_encode_ssse3(char *dst, const unsigned char *src, Py_ssize_t n)
+{
+    const __m128i spread = _mm_set_epi8(10, 11, 9, 10, 7, 8, 6, 7, 4, 5, 3, 4, 1, 2, 0, 1);
+    const __m128i offsets = _mm_setr_epi8('a' - 26, '0' - 52, '0' - 52, '0' - 52, '0' - 52,
+                                          '0' - 52, '0' - 52, '0' - 52, '0' - 52, '0' - 52,
+                                          '0' - 52, '-' - 62, '_' - 63, 'A', 0, 0);
+    Py_ssize_t i = 0;
+    for (; i + 16 <= n; i += 12) {
+        __m128i in = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(src + i)), spread);
+        __m128i hi = _mm_mulhi_epu16(_mm_and_si128(in, _mm_set1_epi32(0x0fc0fc00)),
+                                     _mm_set1_epi32(0x04000040));
+        __m128i lo = _mm_mullo_epi16(_mm_and_si128(in, _mm_set1_epi32(0x003f03f0)),
+                                     _mm_set1_epi32(0x01000010));
+        __m128i sextets = _mm_or_si128(hi, lo);
+        /* 0-25: 13, 26-51: 0, 52-61: 1-10, 62: 11, 63: 12, the index of its offset */
+        __m128i which = _mm_subs_epu8(sextets, _mm_set1_epi8(51));
+        __m128i upper = _mm_cmpgt_epi8(_mm_set1_epi8(26), sextets);
+        which = _mm_or_si128(which, _mm_and_si128(upper, _mm_set1_epi8(13)));
+        __m128i chars = _mm_add_epi8(sextets, _mm_shuffle_epi8(offsets, which));
+        _mm_storeu_si128((__m128i *)(dst + i / 3 * 4), chars);
+    }
+    return i;
+}
+
+/* Decodes 16 characters per step into 12 bytes (writing 16: dst needs 4 bytes of room past
+ * the output) until a block holds a character outside the alphabet; returns the characters
+ * consumed. */
+__attribute__((target("ssse3"))) static Py_ssize_t
+b64_decode_ssse3(unsigned char *dst, const unsigned char *src, Py_ssize_t n)
+{
+    const __m128i gather = _mm_setr_epi8(2, 1, 0, 6, 5, 4, 10, 9, 8, 14, 13, 12, -1, -1, -1, -1);
+    Py_ssize_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m128i c = _mm_loadu_si128((const __m128i *)(src + i));
+        /* Signed compares: bytes >= 0x80 are negative and fall in no range. */
+        __m128i upper = _mm_and_si128(_mm_cmpgt_epi8(c, _mm_set1_epi8('A' - 1)),
+                                      _mm_cmplt_epi8(c, _mm_set1_epi8('Z' + 1)));
+        __m128i lower = _mm_and_si128(_mm_cmpgt_epi8(c, _mm_set1_epi8('a' - 1)),
+                                      _mm_cmplt_epi8(c, _mm_set1_epi8('z' + 1)));
+        __m128i digit = _mm_and_si128(_mm_cmpgt_epi8(c, _mm_set1_epi8('0' - 1)),
+                                      _mm_cmplt_epi8(c, _mm_set1_epi8('9' + 1)));
+        __m128i dash = _mm_cmpeq_epi8(c, _mm_set1_epi8('-'));
+        __m128i under = _mm_cmpeq_epi8(c, _mm_set1_epi8('_'));
+        __m128i valid = _mm_or_si128(_mm_or_si128(upper, lower),
+                                     _mm_or_si128(digit, _mm_or_si128(dash, under)));
+        if (_mm_movemask_epi8(valid) != 0xFFFF) {
+            break;
+        }
+        __m128i v = _mm_and_si128(upper, _mm_sub_epi8(c, _mm_set1_epi8('A')));
+        v = _mm_or_si128(v, _mm_and_si128(lower, _mm_sub_epi8(c, _mm_set1_epi8('a' - 26))));
+        v = _mm_or_si128(v, _mm_and_si128(digit, _mm_add_epi8(c, _mm_set1_epi8(52 - '0'))));
+        v = _mm_or_si128(v, _mm_and_si128(dash, _mm_set1_epi8(62)));
+        v = _mm_or_si128(v, _mm_and_si128(under, _mm_set1_epi8(63)));
+        /* pairs of sextets into 12 bits, pairs of those into 24, then 3 bytes of each */
+        __m128i pairs = _mm_maddubs_epi16(v, _mm_set1_epi32(0x01400140));
+        __m128i words = _mm_madd_epi16(pairs, _mm_set1_epi32(0x00011000));
+        _mm_storeu_si128((__m128i *)(dst + i / 4 * 3), _mm_shuffle_epi8(words, gather));
+    }
+    return i;
+}
+#endif
+
 static Py_ssize_t
 b64_encoded_len(Py_ssize_t n)
 {
@@ -19,6 +105,12 @@ static char *
 b64_encode(char *dst, const unsigned char *src, Py_ssize_t n)
 {
     Py_ssize_t i = 0;
+#ifdef CS_B64_SIMD
+    if (n >= 16 && have_ssse3()) {
+        i = b64_encode_ssse3(dst, src, n);
+        dst += i / 3 * 4;
+    }
+#endif
     for (; i + 3 <= n; i += 3) {
         uint32_t v = (uint32_t)src[i] << 16 | (uint32_t)src[i + 1] << 8 | src[i + 2];
         *dst++ = b64_alphabet[v >> 18];
@@ -69,11 +161,17 @@ b64_decode_fast(cs_buf *out, const unsigned char *src, Py_ssize_t n)
     if (n % 4 == 1) {
         return 1;
     }
-    if (cs_buf_reserve(out, n / 4 * 3 + 2) < 0) {
+    if (cs_buf_reserve(out, n / 4 * 3 + 2 + 4) < 0) { /* + 4: b64_decode_ssse3's stores */
         return -1;
     }
     unsigned char *dst = (unsigned char *)out->data + out->len;
     Py_ssize_t i = 0;
+#ifdef CS_B64_SIMD
+    if (n >= 16 && have_ssse3()) {
+        i = b64_decode_ssse3(dst, src, n);
+        dst += i / 4 * 3;
+    }
+#endif
     for (; i + 4 <= n; i += 4) {
         int32_t a = b64_values[src[i]], b = b64_values[src[i + 1]];
         int32_t c = b64_values[src[i + 2]], d = b64_values[src[i + 3]];

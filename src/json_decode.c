@@ -108,10 +108,79 @@ static int on_int64(void *ctx, int64_t v) { return attach(ctx, PyLong_FromLongLo
 static int on_uint64(void *ctx, uint64_t v) { return attach(ctx, PyLong_FromUnsignedLongLong(v)); }
 static int on_double(void *ctx, double v) { return attach(ctx, PyFloat_FromDouble(v)); }
 
+/* A str from the UTF-8 simdjson unescaped. simdjson has validated it (and rejected lone
+ * surrogate escapes), so unlike PyUnicode_DecodeUTF8, which decodes into a growing writer
+ * and copies the result when the text turns out not to be ASCII, this sizes the str in one
+ * scan: the code points are the bytes that do not continue a sequence, and the widest lead
+ * byte gives the canonical kind (0xC2-0xC3: Latin-1, up to 0xEF: UCS-2, else UCS-4). */
+/* Decodes the n code points of valid UTF-8 at src into out, an array of T; one loop per
+ * width, so that the store is a plain one. */
+#define DECODE_UTF8(T, out, src, n)                                                         \
+    do {                                                                                    \
+        T *o_ = (out);                                                                      \
+        const unsigned char *p_ = (src);                                                    \
+        for (size_t k_ = 0; k_ < (n); k_++) {                                               \
+            Py_UCS4 c_ = *p_;                                                               \
+            if (c_ < 0x80) {                                                                \
+                p_ += 1;                                                                    \
+            }                                                                               \
+            else if (c_ < 0xE0) {                                                           \
+                c_ = ((c_ & 0x1F) << 6) | (p_[1] & 0x3F);                                   \
+                p_ += 2;                                                                    \
+            }                                                                               \
+            else if (c_ < 0xF0) {                                                           \
+                c_ = ((c_ & 0x0F) << 12) | ((Py_UCS4)(p_[1] & 0x3F) << 6) | (p_[2] & 0x3F); \
+                p_ += 3;                                                                    \
+            }                                                                               \
+            else {                                                                          \
+                c_ = ((c_ & 0x07) << 18) | ((Py_UCS4)(p_[1] & 0x3F) << 12) |                \
+                     ((Py_UCS4)(p_[2] & 0x3F) << 6) | (p_[3] & 0x3F);                       \
+                p_ += 4;                                                                    \
+            }                                                                               \
+            o_[k_] = (T)c_;                                                                 \
+        }                                                                                   \
+    } while (0)
+
+static PyObject *
+str_from_utf8(const char *text, size_t len)
+{
+    const unsigned char *s = (const unsigned char *)text;
+    if (cs_is_ascii(text, len)) {
+        PyObject *str = PyUnicode_New((Py_ssize_t)len, 127);
+        if (str != NULL) {
+            memcpy(PyUnicode_1BYTE_DATA(str), s, len);
+        }
+        return str;
+    }
+    size_t n = 0;
+    unsigned char widest = 0;
+    for (size_t i = 0; i < len; i++) {
+        n += (s[i] & 0xC0) != 0x80;
+        widest = s[i] > widest ? s[i] : widest;
+    }
+    Py_UCS4 maxchar = widest >= 0xF0 ? 0x10FFFF : widest >= 0xC4 ? 0xFFFF : 0xFF;
+    PyObject *str = PyUnicode_New((Py_ssize_t)n, maxchar);
+    if (str == NULL) {
+        return NULL;
+    }
+    switch (PyUnicode_KIND(str)) {
+    case PyUnicode_1BYTE_KIND:
+        DECODE_UTF8(Py_UCS1, PyUnicode_1BYTE_DATA(str), s, n);
+        break;
+    case PyUnicode_2BYTE_KIND:
+        DECODE_UTF8(Py_UCS2, PyUnicode_2BYTE_DATA(str), s, n);
+        break;
+    default:
+        DECODE_UTF8(Py_UCS4, PyUnicode_4BYTE_DATA(str), s, n);
+        break;
+    }
+    return str;
+}
+
 static int
 on_string(void *ctx, const char *s, size_t len)
 {
-    return attach(ctx, PyUnicode_DecodeUTF8(s, (Py_ssize_t)len, NULL));
+    return attach(ctx, str_from_utf8(s, len));
 }
 
 static int
@@ -120,7 +189,7 @@ on_key(void *ctx, const char *s, size_t len)
     builder *b = ctx;
     frame *f = &b->stack[b->depth - 1];
     if (len > MEMO_MAX_LEN) {
-        f->key = PyUnicode_DecodeUTF8(s, (Py_ssize_t)len, NULL);
+        f->key = str_from_utf8(s, len);
         return f->key == NULL ? -1 : 0;
     }
     /* A cheap slot choice: a collision only costs a miss, memcmp decides. */
@@ -133,7 +202,7 @@ on_key(void *ctx, const char *s, size_t len)
         f->key = Py_NewRef(cached);
         return 0;
     }
-    f->key = PyUnicode_DecodeUTF8(s, (Py_ssize_t)len, NULL);
+    f->key = str_from_utf8(s, len);
     if (f->key == NULL) {
         return -1;
     }

@@ -52,6 +52,56 @@ put_u16(char *p, Py_UCS4 c)
     return p;
 }
 
+/* 1 if any of the 8 ASCII bytes in w needs an escape: below 0x20, '"', '\\' or DEL. */
+static inline int
+any_escape8(uint64_t w)
+{
+    const uint64_t ones = UINT64_C(0x0101010101010101), highs = UINT64_C(0x8080808080808080);
+#define HAS_ZERO(x) (((x) - ones) & ~(x) & highs)
+    uint64_t quote = w ^ (ones * '"'), backslash = w ^ (ones * '\\'), del = w ^ (ones * 0x7f);
+    uint64_t control = (w - ones * 0x20) & ~w & highs; /* exact for bytes below 0x80 */
+    return (control | HAS_ZERO(quote) | HAS_ZERO(backslash) | HAS_ZERO(del)) != 0;
+#undef HAS_ZERO
+}
+
+static inline char *
+put_ascii(char *p, unsigned char c)
+{
+    char esc = escape_table[c];
+    if (esc == 0) {
+        *p++ = (char)c;
+    }
+    else if (esc == 'u') {
+        p = put_u16(p, c);
+    }
+    else {
+        *p++ = '\\';
+        *p++ = esc;
+    }
+    return p;
+}
+
+/* Escapes the n characters of type T at src into p; returns the new end. One loop per
+ * width, so that the load is a plain one. */
+#define ENCODE_CHARS(T, src, n, p)                                                          \
+    do {                                                                                    \
+        const T *s_ = (const T *)(src);                                                     \
+        for (Py_ssize_t i_ = 0; i_ < (n); i_++) {                                           \
+            Py_UCS4 c_ = s_[i_];                                                            \
+            if (c_ < 128) {                                                                 \
+                p = put_ascii(p, (unsigned char)c_);                                        \
+            }                                                                               \
+            else if (c_ >= 0x10000) {                                                       \
+                Py_UCS4 v_ = c_ - 0x10000;                                                  \
+                p = put_u16(p, 0xd800 | ((v_ >> 10) & 0x3ff));                             \
+                p = put_u16(p, 0xdc00 | (v_ & 0x3ff));                                      \
+            }                                                                               \
+            else {                                                                          \
+                p = put_u16(p, c_);                                                         \
+            }                                                                               \
+        }                                                                                   \
+    } while (0)
+
 static int
 encode_str(cs_buf *out, PyObject *s)
 {
@@ -68,54 +118,44 @@ encode_str(cs_buf *out, PyObject *s)
         }
         char *p = out->data + out->len;
         *p++ = '"';
-        for (Py_ssize_t i = 0; i < n; i++) {
-            unsigned char c = src[i];
-            char esc = escape_table[c];
-            if (esc == 0) {
-                *p++ = (char)c;
-            }
-            else if (esc == 'u') {
-                p = put_u16(p, c);
+        Py_ssize_t i = 0;
+        /* Most text needs no escape: 8 bytes at a time while none does. */
+        for (; i + 8 <= n; i += 8) {
+            uint64_t w;
+            memcpy(&w, src + i, sizeof w);
+            if (any_escape8(w)) {
+                for (int k = 0; k < 8; k++) {
+                    p = put_ascii(p, src[i + k]);
+                }
             }
             else {
-                *p++ = '\\';
-                *p++ = esc;
+                memcpy(p, &w, sizeof w);
+                p += 8;
             }
+        }
+        for (; i < n; i++) {
+            p = put_ascii(p, src[i]);
         }
         *p++ = '"';
         out->len = p - out->data;
         return 0;
     }
-    int kind = PyUnicode_KIND(s);
     const void *data = PyUnicode_DATA(s);
     if (cs_buf_reserve(out, n * 12 + 2) < 0) {
         return -1;
     }
     char *p = out->data + out->len;
     *p++ = '"';
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Py_UCS4 c = PyUnicode_READ(kind, data, i);
-        if (c < 128) {
-            char esc = escape_table[c];
-            if (esc == 0) {
-                *p++ = (char)c;
-            }
-            else if (esc == 'u') {
-                p = put_u16(p, c);
-            }
-            else {
-                *p++ = '\\';
-                *p++ = esc;
-            }
-        }
-        else if (c >= 0x10000) {
-            Py_UCS4 v = c - 0x10000;
-            p = put_u16(p, 0xd800 | ((v >> 10) & 0x3ff));
-            p = put_u16(p, 0xdc00 | (v & 0x3ff));
-        }
-        else {
-            p = put_u16(p, c);
-        }
+    switch (PyUnicode_KIND(s)) {
+    case PyUnicode_1BYTE_KIND:
+        ENCODE_CHARS(Py_UCS1, data, n, p);
+        break;
+    case PyUnicode_2BYTE_KIND:
+        ENCODE_CHARS(Py_UCS2, data, n, p);
+        break;
+    default:
+        ENCODE_CHARS(Py_UCS4, data, n, p);
+        break;
     }
     *p++ = '"';
     out->len = p - out->data;

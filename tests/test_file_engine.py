@@ -40,7 +40,6 @@ from csessions.backends.file import SessionStore as CsStore
 
 PREFIX = "sessionid"
 AGE = 1209600  # SESSION_COOKIE_AGE's default
-SANITIZED = os.environ.get("CSESSIONS_SANITIZED") == "1"
 
 
 def forget_storage_path():
@@ -340,7 +339,6 @@ def test_durable_mode_follows_setting_changes():
     assert durable() is False
 
 
-@pytest.mark.skipif(shutil.which("strace") is None or SANITIZED, reason="needs strace")
 def test_durable_mode_fsyncs_file_and_directory(tmp_path):
     script = (
         "import sys; from csessions import _core; p = sys.argv[1]; flag = sys.argv[2] == '1';"

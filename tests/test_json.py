@@ -433,6 +433,24 @@ def test_loads_duplicate_keys_order(strict_equal):
     strict_equal(got, oracle_loads(b'{"a":1,"b":2,"a":3}'))
 
 
+# The widest character decides a str's storage (Latin-1, UCS-2, UCS-4) and a str stored
+# wider than it needs compares unequal to the canonical one: the edges of each width.
+KIND_EDGES = [0x7F, 0x80, 0xFF, 0x100, 0x7FF, 0x800, 0xFFFF, 0x10000, 0x10FFFF]
+
+
+@pytest.mark.parametrize("ensure_ascii", [True, False])
+def test_loads_strings_at_every_width_edge(ensure_ascii, strict_equal):
+    values = [chr(c) for c in KIND_EDGES]
+    values += ["a" + chr(c) + "é" for c in KIND_EDGES]
+    values += [chr(a) + chr(b) for a in KIND_EDGES for b in KIND_EDGES]
+    doc = {v: [v, v * 40] for v in values}
+    data = json.dumps(doc, ensure_ascii=ensure_ascii).encode("utf-8", "surrogatepass")
+    got = _core.json_loads(data)
+    strict_equal(got, oracle_loads(data))
+    if ensure_ascii:
+        assert got == doc
+
+
 def test_loads_negative_zero():
     z = _core.json_loads(b"-0")
     assert type(z) is int and z == 0
