@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 
 import common
+import engines
 from common import call_batch, fmt_ns, fmt_ratio, measure, med, other_clock, rat, table
 
 sys.path.insert(0, str(common.REPO / "tests"))
@@ -38,7 +39,6 @@ import cache_servers  # noqa: E402
 
 BACKENDS = ("locmem", "redis", "django-redis", "memcached")
 OPS = ("cycle", "load", "create")
-PROBE_KEY = "_auth_user_id"
 
 
 def configure(locations):
@@ -66,25 +66,7 @@ def configure(locations):
     django.setup()
 
 
-def op_cycle(Store, key):
-    s = Store(key)
-    s["counter"] = s.get("counter", 0) + 1
-    s.save()
-    return s.session_key
-
-
-def op_load(Store, key):
-    return Store(key)[PROBE_KEY]
-
-
-def op_create(Store, key=None):
-    s = Store()
-    s["k"] = 1
-    s.save()
-    return s.session_key
-
-
-OP_FUNCS = {"cycle": op_cycle, "load": op_load, "create": op_create}
+OP_FUNCS = {op: engines.OP_FUNCS[op] for op in OPS}  # the same operations as run.py's
 
 
 def stores():
