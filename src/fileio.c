@@ -300,10 +300,12 @@ open_temp(const char *path, size_t n, char *tmp)
  * a cycle. Swapping the two names (renameat2 RENAME_EXCHANGE, called through syscall() so
  * that an older glibc builds it too) and unlinking the old content costs a quarter of
  * that, and the writes are left to the kernel's writeback, as for any other write; the
- * durable mode fsyncs before the swap. The swap fails (ENOENT) when `path` is gone: *gone
- * = 1 then and nothing has changed. A filesystem or kernel without the swap gets a rename,
- * after checking that `path` exists if `must_exist` (Django's check, as racy as Django's).
- * Returns 0, or -1 with errno set. */
+ * durable mode fsyncs before the swap. The swap fails (ENOENT) when `path` is gone: if
+ * `must_exist`, *gone = 1 then and nothing has changed; otherwise (an exclusive create
+ * whose placeholder was deleted: the key is still ours, as in Django's save) and on a
+ * filesystem or kernel without the swap, a rename follows, after checking that `path`
+ * exists if `must_exist` (Django's check, as racy as Django's). Returns 0, or -1 with
+ * errno set. */
 static int
 replace_file(const char *tmp, const char *path, int must_exist, int *gone)
 {
@@ -321,11 +323,12 @@ replace_file(const char *tmp, const char *path, int must_exist, int *gone)
         errno = EISDIR;
         return -1;
     }
-    if (errno == ENOENT) {
+    if (errno == ENOENT && must_exist) {
         *gone = 1;
         return -1;
     }
-    if (errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP && errno != EPERM) {
+    if (errno != ENOENT && errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP &&
+        errno != EPERM) {
         return -1;
     }
 #endif
@@ -394,18 +397,8 @@ save_file(const char *path, const char *data, size_t n, int must_create, int dur
     }
     int gone;
     if (replace_file(tmp, path, !must_create, &gone) < 0) {
-        if (!gone) {
-            goto fail;
-        }
-        if (!must_create) {
-            *reserving = 1; /* gone: UpdateError, as from Django's check */
-            errno = ENOENT;
-            goto fail;
-        }
-        /* Our own placeholder was deleted: the key is still ours, as in Django's save. */
-        if (rename(tmp, path) < 0) {
-            goto fail;
-        }
+        *reserving = gone; /* gone (ENOENT): UpdateError, as from Django's check */
+        goto fail;
     }
     made_temp = 0;
     if (durable && fsync_parent(path) < 0) {

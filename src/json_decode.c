@@ -108,11 +108,6 @@ static int on_int64(void *ctx, int64_t v) { return attach(ctx, PyLong_FromLongLo
 static int on_uint64(void *ctx, uint64_t v) { return attach(ctx, PyLong_FromUnsignedLongLong(v)); }
 static int on_double(void *ctx, double v) { return attach(ctx, PyFloat_FromDouble(v)); }
 
-/* A str from the UTF-8 simdjson unescaped. simdjson has validated it (and rejected lone
- * surrogate escapes), so unlike PyUnicode_DecodeUTF8, which decodes into a growing writer
- * and copies the result when the text turns out not to be ASCII, this sizes the str in one
- * scan: the code points are the bytes that do not continue a sequence, and the widest lead
- * byte gives the canonical kind (0xC2-0xC3: Latin-1, up to 0xEF: UCS-2, else UCS-4). */
 /* Decodes the n code points of valid UTF-8 at src into out, an array of T; one loop per
  * width, so that the store is a plain one. */
 #define DECODE_UTF8(T, out, src, n)                                                         \
@@ -141,17 +136,18 @@ static int on_double(void *ctx, double v) { return attach(ctx, PyFloat_FromDoubl
         }                                                                                   \
     } while (0)
 
+/* A str from the UTF-8 simdjson unescaped. simdjson has validated it (and rejected lone
+ * surrogate escapes), so unlike PyUnicode_DecodeUTF8, which decodes into a growing writer
+ * and copies the result when the text turns out not to be ASCII, this sizes the str in one
+ * scan: the code points are the bytes that do not continue a sequence, and the widest lead
+ * byte gives the canonical kind (0xC2-0xC3: Latin-1, up to 0xEF: UCS-2, else UCS-4). */
 static PyObject *
 str_from_utf8(const char *text, size_t len)
 {
-    const unsigned char *s = (const unsigned char *)text;
     if (cs_is_ascii(text, len)) {
-        PyObject *str = PyUnicode_New((Py_ssize_t)len, 127);
-        if (str != NULL) {
-            memcpy(PyUnicode_1BYTE_DATA(str), s, len);
-        }
-        return str;
+        return cs_new_ascii(text, len);
     }
+    const unsigned char *s = (const unsigned char *)text;
     size_t n = 0;
     unsigned char widest = 0;
     for (size_t i = 0; i < len; i++) {

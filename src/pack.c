@@ -3,6 +3,8 @@
 
 #include <stdint.h>
 
+#include "util.h"
+
 /* --- pack -------------------------------------------------------------------------- */
 
 /* Appends the tag bytes and the count n. 0, 1 if n does not fit, or -1 (MemoryError). */
@@ -168,34 +170,6 @@ get_u32(reader *r, uint32_t *v)
     return 0;
 }
 
-/* A new str of n ASCII bytes; PyUnicode_FromKindAndData would scan them again for the
- * widest character. */
-static PyObject *
-new_ascii(const unsigned char *s, uint32_t n)
-{
-    PyObject *str = PyUnicode_New(n, 127);
-    if (str != NULL) {
-        memcpy(PyUnicode_1BYTE_DATA(str), s, n);
-    }
-    return str;
-}
-
-static int
-is_ascii(const unsigned char *s, uint32_t n)
-{
-    uint64_t any = 0;
-    uint32_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        memcpy(&w, s + i, sizeof w);
-        any |= w;
-    }
-    for (; i < n; i++) {
-        any |= s[i];
-    }
-    return (any & 0x8080808080808080ull) == 0;
-}
-
 /* Keys repeat across sessions ("_auth_user_id") and within one ("sku" in every cart line):
  * short ASCII keys are kept in a small direct-mapped table of the module state, so each is
  * allocated and hashed once per process, not once per key per request. */
@@ -208,7 +182,7 @@ memo_key(cs_state *st, const unsigned char *s, uint32_t n)
     if (k != NULL && PyUnicode_GET_LENGTH(k) == n && memcmp(PyUnicode_1BYTE_DATA(k), s, n) == 0) {
         return Py_NewRef(k);
     }
-    k = new_ascii(s, n);
+    k = cs_new_ascii((const char *)s, n);
     if (k == NULL) {
         return NULL;
     }
@@ -256,13 +230,13 @@ get_str(reader *r, int is_key)
     const unsigned char *s = r->p;
     r->p += (size_t)n * (size_t)kind;
     if (tag != 'u') {
-        if (!is_ascii(s, n)) {
+        if (!cs_is_ascii((const char *)s, n)) {
             return malformed("non-ASCII byte in an ASCII str");
         }
         if (is_key && n > 0 && n <= 32) {
             return memo_key(r->st, s, n);
         }
-        return new_ascii(s, n);
+        return cs_new_ascii((const char *)s, n);
     }
     /* Copies (the input need not be aligned for kinds 2 and 4) and canonicalises. */
     if (kind == 1) {

@@ -1,5 +1,5 @@
-/* Small helpers shared by the C files: argument counting for METH_FASTCALL functions and
- * the ASCII test that decides between a fast path and the exact one. */
+/* Small helpers shared by the C files: argument counting for METH_FASTCALL functions, the
+ * ASCII test that decides between a fast path and the exact one, and the str it allows. */
 #ifndef CSESSIONS_UTIL_H
 #define CSESSIONS_UTIL_H
 
@@ -35,6 +35,18 @@ cs_is_ascii(const char *s, size_t n)
         acc |= (unsigned char)s[i];
     }
     return (acc & UINT64_C(0x8080808080808080)) == 0;
+}
+
+/* A new str of n bytes the caller knows to be ASCII: PyUnicode_FromKindAndData and
+ * PyUnicode_DecodeUTF8 would scan them again. NULL with MemoryError. */
+static inline PyObject *
+cs_new_ascii(const char *s, size_t n)
+{
+    PyObject *str = PyUnicode_New((Py_ssize_t)n, 127);
+    if (str != NULL) {
+        memcpy(PyUnicode_1BYTE_DATA(str), s, n);
+    }
+    return str;
 }
 
 #endif

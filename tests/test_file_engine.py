@@ -339,6 +339,14 @@ def test_durable_mode_follows_setting_changes():
     assert durable() is False
 
 
+def _run_traced(strace_args, script, *argv):
+    return subprocess.Popen(
+        ["strace", "-f", *strace_args, sys.executable, "-c", script, *map(str, argv)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), PYTHONDONTWRITEBYTECODE="1"),
+    )
+
+
 def test_durable_mode_fsyncs_file_and_directory(tmp_path):
     script = (
         "import sys; from csessions import _core; p = sys.argv[1]; flag = sys.argv[2] == '1';"
@@ -347,23 +355,12 @@ def test_durable_mode_fsyncs_file_and_directory(tmp_path):
     )
     counts = {}
     for flag in ("0", "1"):
-        out = subprocess.run(
-            ["strace", "-f", "-e", "trace=fsync", sys.executable, "-c", script, str(tmp_path / "s"), flag],
-            capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
-        )
-        assert out.returncode == 0, out.stderr
-        counts[flag] = out.stderr.count("fsync(")
+        proc = _run_traced(["-e", "trace=fsync"], script, tmp_path / "s", flag)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        counts[flag] = err.count("fsync(")
     # two saves: file + directory each; the unlink: the directory
     assert counts == {"0": 0, "1": 5}
-
-
-def _run_traced(strace_args, script, *argv, **popen):
-    return subprocess.Popen(
-        ["strace", "-f", *strace_args, sys.executable, "-c", script, *map(str, argv)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), PYTHONDONTWRITEBYTECODE="1"),
-        **popen,
-    )
 
 
 def test_save_swaps_names_instead_of_renaming_over(tmp_path):
@@ -382,15 +379,18 @@ def test_save_swaps_names_instead_of_renaming_over(tmp_path):
     assert os.listdir(tmp_path) == ["s"] and (tmp_path / "s").read_bytes() == b"y"
 
 
-def test_save_of_a_session_deleted_mid_write_is_an_update_error(tmp_path):
+@pytest.mark.parametrize("must_create", [False, True])
+def test_save_of_a_session_deleted_mid_write(tmp_path, must_create):
     # The child's write(2) is held for a second: the session is deleted while the save
     # writes its temp file. Django's engine, which checks first and renames last, brings
-    # the deleted session back; this one's swap finds it gone: UpdateError.
+    # the deleted session back; this one's swap finds it gone: UpdateError. An exclusive
+    # create whose own placeholder was deleted still lands, as in Django (the key is its).
     p = tmp_path / "s"
-    _core.file_save(p, b"x", True, False)
+    if not must_create:
+        _core.file_save(p, b"x", True, False)
     script = (
         "import sys; from csessions import _core\n"
-        "try:\n    _core.file_save(sys.argv[1], b'y', False, False)\n"
+        f"try:\n    _core.file_save(sys.argv[1], b'y', {must_create}, False)\n"
         "except FileNotFoundError:\n    print('update error')\n"
     )
     proc = _run_traced(["-o", os.devnull, "-e", "trace=write", "-e", "inject=write:delay_enter=1000000:when=1"],
@@ -402,8 +402,10 @@ def test_save_of_a_session_deleted_mid_write_is_an_update_error(tmp_path):
     os.unlink(p)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    assert out == "update error\n"
-    assert os.listdir(tmp_path) == []
+    if must_create:
+        assert out == "" and os.listdir(tmp_path) == ["s"] and p.read_bytes() == b"y"
+    else:
+        assert out == "update error\n" and os.listdir(tmp_path) == []
 
 
 def test_save_over_a_directory_fails_and_keeps_it(tmp_path):

@@ -8,6 +8,7 @@ import ast
 import base64
 import datetime
 import json
+import random
 import re
 import zlib
 from unittest import mock
@@ -548,7 +549,7 @@ def test_base64_every_length_and_every_bad_character_position(run, same_outcome,
     # The base64 in both directions goes 16 characters at a time where the CPU allows, with
     # the scalar loop for the rest: every tail length, and a foreign character in every
     # position of the first blocks (Django's lenient decoder then decides).
-    rng = __import__("random").Random(5)
+    rng = random.Random(5)
     with at(VECTOR_TIME):
         for n in range(0, 120):
             obj = {"k": "".join(rng.choice("ab\u00e9\u4e16\U0001f600") for _ in range(n))}
