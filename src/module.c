@@ -345,8 +345,8 @@ core_clear(PyObject *module)
     Py_CLEAR(st->json_loads);
     Py_CLEAR(st->b64decode);
     Py_CLEAR(st->zlib_decompress);
-    for (int i = 0; i < CS_PACK_KEYS; i++) {
-        Py_CLEAR(st->pack_keys[i]); /* str: not tracked by the GC, so not visited */
+    for (int i = 0; i < CS_PACK_MEMO; i++) {
+        Py_CLEAR(st->pack_memo[i]); /* str: not tracked by the GC, so not visited */
     }
     return 0;
 }

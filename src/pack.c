@@ -49,8 +49,15 @@ pack_str(cs_buf *out, PyObject *s)
     Py_ssize_t n = PyUnicode_GET_LENGTH(s);
     if (PyUnicode_IS_ASCII(s)) {
         if (n < 256) {
-            const char head[2] = {'A', (char)(unsigned char)n};
-            return cs_buf_append(out, head, 2) < 0 ? -1 : cs_buf_append(out, PyUnicode_1BYTE_DATA(s), n);
+            if (cs_buf_reserve(out, 2 + n) < 0) {
+                return -1;
+            }
+            char *at = out->data + out->len;
+            at[0] = 'A';
+            at[1] = (char)(unsigned char)n;
+            memcpy(at + 2, PyUnicode_1BYTE_DATA(s), n);
+            out->len += 2 + n;
+            return 0;
         }
         int rc = put_head(out, "a", 1, (size_t)n);
         return rc != 0 ? rc : cs_buf_append(out, PyUnicode_1BYTE_DATA(s), n);
@@ -170,32 +177,86 @@ get_u32(reader *r, uint32_t *v)
     return 0;
 }
 
-/* Keys repeat across sessions ("_auth_user_id") and within one ("sku" in every cart line):
- * short ASCII keys are kept in a small direct-mapped table of the module state, so each is
- * allocated and hashed once per process, not once per key per request. */
-static PyObject *
-memo_key(cs_state *st, const unsigned char *s, uint32_t n)
+/* Keys repeat across sessions ("_auth_user_id") and within one ("sku" in every cart line),
+ * and so do short values ("42", "ru-RU", a backend's path): short ASCII strs are kept in a
+ * small table of the module state and shared (a str is immutable), so each is allocated
+ * once per process, and a key hashed once, not once per request. Two ways per set: with one,
+ * two of a typical session's ~25 strs share a slot more often than not and evict each other
+ * on every load. A hit needs no ASCII check: it equals a str that passed one. */
+/* Equality of n (1..64) bytes by overlapping word loads: libc's memcmp was 4% of a load +
+ * save cycle here, for strs this short. */
+static inline int
+same_bytes(const unsigned char *a, const unsigned char *b, uint32_t n)
 {
-    uint32_t h = n * 31u + s[0] * 7u + s[n - 1] + s[n / 2] * 131u;
-    PyObject **slot = &st->pack_keys[h % CS_PACK_KEYS];
-    PyObject *k = *slot;
-    if (k != NULL && PyUnicode_GET_LENGTH(k) == n && memcmp(PyUnicode_1BYTE_DATA(k), s, n) == 0) {
-        return Py_NewRef(k);
+    if (n >= 8) {
+        uint64_t diff = 0, x, y;
+        for (uint32_t i = 0; i + 8 < n; i += 8) {
+            memcpy(&x, a + i, 8);
+            memcpy(&y, b + i, 8);
+            diff |= x ^ y;
+        }
+        memcpy(&x, a + n - 8, 8);
+        memcpy(&y, b + n - 8, 8);
+        return (diff | (x ^ y)) == 0;
     }
-    k = cs_new_ascii((const char *)s, n);
+    if (n >= 4) {
+        uint32_t x0, y0, x1, y1;
+        memcpy(&x0, a, 4);
+        memcpy(&y0, b, 4);
+        memcpy(&x1, a + n - 4, 4);
+        memcpy(&y1, b + n - 4, 4);
+        return ((x0 ^ y0) | (x1 ^ y1)) == 0;
+    }
+    return a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1];
+}
+
+static inline int
+memo_equal(PyObject *k, const unsigned char *s, uint32_t n)
+{
+    return k != NULL && PyUnicode_GET_LENGTH(k) == n && same_bytes(PyUnicode_1BYTE_DATA(k), s, n);
+}
+
+static PyObject *
+memo_str(cs_state *st, const unsigned char *s, uint32_t n)
+{
+    uint64_t a, b;
+    if (n >= 8) {
+        memcpy(&a, s, 8);
+        memcpy(&b, s + n - 8, 8);
+    }
+    else if (n >= 4) {
+        uint32_t x, y;
+        memcpy(&x, s, 4);
+        memcpy(&y, s + n - 4, 4);
+        a = x;
+        b = y;
+    }
+    else {
+        a = s[0] | (uint64_t)s[n / 2] << 8 | (uint64_t)s[n - 1] << 16;
+        b = 0;
+    }
+    uint64_t h = ((a * UINT64_C(0x9E3779B97F4A7C15)) ^ b ^ n) * UINT64_C(0xFF51AFD7ED558CCD);
+    PyObject **set = &st->pack_memo[2 * ((h >> 32) % (CS_PACK_MEMO / 2))];
+    if (memo_equal(set[0], s, n)) {
+        return Py_NewRef(set[0]);
+    }
+    if (memo_equal(set[1], s, n)) {
+        return Py_NewRef(set[1]);
+    }
+    if (!cs_is_ascii((const char *)s, n)) {
+        return malformed("non-ASCII byte in an ASCII str");
+    }
+    PyObject *k = cs_new_ascii((const char *)s, n);
     if (k == NULL) {
         return NULL;
     }
-    if (PyObject_Hash(k) == -1) { /* cached in the str from now on */
-        Py_DECREF(k);
-        return NULL;
-    }
-    Py_XSETREF(*slot, Py_NewRef(k));
+    Py_XSETREF(set[1], set[0]); /* the older one goes */
+    set[0] = Py_NewRef(k);
     return k;
 }
 
 static PyObject *
-get_str(reader *r, int is_key)
+get_str(reader *r)
 {
     if (r->p == r->end) {
         return malformed("truncated");
@@ -230,11 +291,11 @@ get_str(reader *r, int is_key)
     const unsigned char *s = r->p;
     r->p += (size_t)n * (size_t)kind;
     if (tag != 'u') {
+        if (n > 0 && n <= CS_PACK_MEMO_LEN) {
+            return memo_str(r->st, s, n);
+        }
         if (!cs_is_ascii((const char *)s, n)) {
             return malformed("non-ASCII byte in an ASCII str");
-        }
-        if (is_key && n > 0 && n <= 32) {
-            return memo_key(r->st, s, n);
         }
         return cs_new_ascii((const char *)s, n);
     }
@@ -304,7 +365,7 @@ get_value(reader *r, int depth)
     case 'A':
     case 'a':
     case 'u':
-        return get_str(r, 0);
+        return get_str(r);
     case 'l':
     case 'o':
         break;
@@ -342,7 +403,7 @@ get_value(reader *r, int depth)
         return NULL;
     }
     for (uint32_t i = 0; i < n; i++) {
-        PyObject *key = get_str(r, 1);
+        PyObject *key = get_str(r);
         PyObject *value = key != NULL ? get_value(r, depth + 1) : NULL;
         int rc = value != NULL ? PyDict_SetItem(dict, key, value) : -1;
         Py_XDECREF(key);

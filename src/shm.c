@@ -1602,9 +1602,15 @@ as_key(PyObject *obj, const char **ptr, Py_ssize_t *len)
     return 0;
 }
 
+/* A time in whole seconds since the epoch; None is the current one (what int(time.time())
+ * gives, without its two Python calls on every request). */
 static int
 as_time(PyObject *obj, long long *out)
 {
+    if (obj == Py_None) {
+        *out = (long long)time(NULL);
+        return 0;
+    }
     *out = PyLong_AsLongLong(obj);
     return *out == -1 && PyErr_Occurred() ? -1 : 0;
 }
@@ -1645,7 +1651,7 @@ raise_corrupt(shm_ctx *c)
               (unsigned)c->si);
 }
 
-/* get(key, now) -> str | None */
+/* get(key, now) -> str | None; now may be None, as for every time argument */
 static PyObject *
 store_get(ShmStore *s, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -2174,7 +2180,8 @@ store_get_u64(ShmStore *s, void *closure)
 
 static PyMethodDef store_methods[] = {
     {"get", (PyCFunction)(void (*)(void))store_get, METH_FASTCALL,
-     "get(key, now) -> str | None: the value, or None if absent or expired (reclaimed then)"},
+     "get(key, now) -> str | None: the value, or None if absent or expired (reclaimed then). "
+     "Every time argument (now, expires) is in whole seconds; None means the current time."},
     {"put", (PyCFunction)(void (*)(void))store_put, METH_FASTCALL,
      "put(key, value, expires, now, mode) -> bool. mode 0: set; 1: add, False if a live "
      "entry exists; 2: replace, False if none. ValueError if the entry exceeds max_entry."},

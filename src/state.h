@@ -14,7 +14,8 @@
 
 #include "simdjson_wrap.h"
 
-#define CS_PACK_KEYS 128
+#define CS_PACK_MEMO 512     /* slots (two per set) of pack.c's memo of short strs */
+#define CS_PACK_MEMO_LEN 64  /* the longest str it keeps */
 
 typedef struct {
     PyObject *bad_signature;     /* exception types unsign raises; set_error_types() */
@@ -31,7 +32,7 @@ typedef struct {
     z_stream inflater;
     int deflater_ready;
     int deflater_level;          /* the level deflater is set to */
-    PyObject *pack_keys[CS_PACK_KEYS]; /* str or NULL: pack.c's memo of dict keys */
+    PyObject *pack_memo[CS_PACK_MEMO]; /* str or NULL: pack.c's memo of short strs */
     int inflater_ready;
 } cs_state;
 

@@ -35,3 +35,69 @@ def test_serializer_and_cookie_age_follow_settings(ours, django):
     s = store()
     assert s.serializer is importlib.import_module("django.core.signing").JSONSerializer
     assert s.get_session_cookie_age() == SessionBase().get_session_cookie_age()
+
+
+def _flags_after(store, steps):
+    """(accessed, modified) after each step on a fresh store over a saved session."""
+    seen = []
+    for step in steps:
+        s = store(KEY_HOLDER[store])
+        for op in step:
+            try:
+                op(s)
+            except KeyError:
+                pass
+        seen.append((s.accessed, s.modified))
+    return seen
+
+
+KEY_HOLDER = {}
+STEPS = [
+    [lambda s: s.get("a")], [lambda s: s.get("zz", 1)], [lambda s: "a" in s],
+    [lambda s: "zz" in s], [lambda s: s["a"]], [lambda s: s["zz"]],
+    [lambda s: s.__setitem__("b", 2)], [lambda s: s.get("a"), lambda s: s.__setitem__("a", 3)],
+    [lambda s: s.__setitem__("a", 3), lambda s: s.get("a")], [],
+] + [  # once loaded, with the flags reset (as a test or a middleware may do)
+    [lambda s: s.get("a"), lambda s: setattr(s, "accessed", False),
+     lambda s: setattr(s, "modified", False), op]
+    for op in (lambda s: s.get("a"), lambda s: "a" in s, lambda s: s["a"],
+               lambda s: s.__setitem__("a", 4))
+]
+
+
+@pytest.mark.parametrize("ours, django", [
+    (f"csessions.backends.{name}", f"django.contrib.sessions.backends.{name}")
+    for name in ("signed_cookies", "cache")
+] + [("csessions.backends.shm", "django.contrib.sessions.backends.cache")])
+def test_accessors_behave_as_djangos(ours, django):
+    # CSessionMixin's get/[]/in/[]= (every engine's; these need no database) read the loaded
+    # dict without the _session property; what they return and the accessed/modified flags
+    # they leave must stay Django's.
+    stores = [importlib.import_module(m).SessionStore for m in (ours, django)]
+    for store in stores:
+        s = store()
+        s["a"] = 1
+        s.save()
+        KEY_HOLDER[store] = s.session_key
+    assert _flags_after(stores[0], STEPS) == _flags_after(stores[1], STEPS)
+    mine, theirs = (store(KEY_HOLDER[store]) for store in stores)
+    assert (mine.get("a"), mine["a"], "a" in mine, mine.get("zz", 5)) == \
+        (theirs.get("a"), theirs["a"], "a" in theirs, theirs.get("zz", 5)) == (1, 1, True, 5)
+
+
+def test_subclass_with_its_own_session_property_keeps_djangos_accessors():
+    from csessions.backends.cache import SessionStore
+
+    class Traced(SessionStore):
+        reads = 0
+
+        @property
+        def _session(self):
+            type(self).reads += 1
+            return self._get_session()
+
+    s = Traced()
+    s["x"] = 1
+    assert s.get("x") == 1 and s["x"] == 1 and "x" in s
+    assert Traced.reads == 4
+    assert SessionStore.get is not SessionBase.get  # the fast path is still the default

@@ -72,6 +72,35 @@ def test_nesting_limit():
     assert _core.pack(cyclic) is None  # JSON's encoder raises "Circular reference detected"
 
 
+def test_short_strs_read_back_exactly_whatever_was_read_before():
+    # Short ASCII strs come from a memo of earlier reads (pack.c): two strs that differ in a
+    # single byte, at any position of any memo'd length, must never be taken for each other,
+    # whichever of them was read last, and however many others went through the table.
+    rng = random.Random(7)
+    for n in range(1, 70):
+        base = "".join(rng.choice("abcxyz_") for _ in range(n))
+        for p in range(n):
+            other = base[:p] + ("Q" if base[p] != "Q" else "R") + base[p + 1:]
+            v = {base: other, other: [base, other]}
+            packed = _core.pack(v)
+            for _ in range(2):
+                got = _core.unpack(packed)
+                assert got == v and list(got) == [base, other]
+    many = {f"k{i}": f"v{i}" for i in range(5000)}  # more strs than the memo holds
+    assert _core.unpack(_core.pack(many)) == many
+
+
+@pytest.mark.parametrize("n", [1, 3, 4, 7, 8, 9, 64, 65])
+def test_non_ascii_byte_in_short_ascii_str(n):
+    good = "a" * n
+    assert _core.unpack(_core.pack([good])) == [good]  # now in the memo
+    for p in range(n):
+        data = bytearray(_core.pack([good]))
+        data[len(data) - n + p] = 0xE1
+        with pytest.raises(ValueError, match="non-ASCII byte"):
+            _core.unpack(bytes(data))
+
+
 @pytest.mark.parametrize("data", [
     b"", b"x", b"o", b"o\x01\x00\x00\x00", b"A\x05ab", b"a\xff\xff\xff\xff", b"u\x03\x01\x00\x00\x00a",
     b"u\x04\x01\x00\x00\x00\x00\x00\x11\x00",  # U+110000

@@ -154,6 +154,16 @@ def test_expiry_on_read(name):
     assert s.check() == {"entries": 1}
 
 
+def test_none_is_the_current_time(name):
+    s = _core.ShmStore(name, MIB)
+    now = int(time.time())
+    s.put(key(1), "past", now - 1, now - 100, SET)
+    s.put(key(2), "soon", now + 5, None, SET)
+    assert s.get(key(1), None) is None and s.get(key(2), None) == "soon"
+    assert s.contains(key(2), None) and not s.contains(key(1), None)
+    assert s.get(key(2), now + 5) is None  # the clock, not a fixed value, was used above
+
+
 def test_incremental_sweep_reclaims_expired(name):
     s = _core.ShmStore(name, 256 * 1024)  # one stripe
     stats = s.stats()

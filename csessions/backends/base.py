@@ -7,10 +7,11 @@ everything not named here stays Django's code, exact across Django versions.
 import functools
 import logging
 
+from django.contrib.sessions.backends.base import SessionBase
 from django.utils.module_loading import import_string
 
 from csessions import _core, signing
-from csessions.conf import setting
+from csessions.conf import _resolved, setting
 
 # SessionBase.__init__ imports SESSION_SERIALIZER on every instantiation (~1 us); the
 # import is cached here by the setting's value, so a changed setting is still followed.
@@ -25,7 +26,20 @@ class CSessionMixin:
         self._session_key = session_key
         self.accessed = False
         self.modified = False
-        self.serializer = _import_serializer(setting("SESSION_SERIALIZER"))
+        try:  # LazySettings' cache, without setting()'s Python call (see conf.py)
+            path = _resolved["SESSION_SERIALIZER"]
+        except KeyError:
+            path = setting("SESSION_SERIALIZER")
+        self.serializer = _import_serializer(path)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "_session" in cls.__dict__:
+            # A subclass that changes how the dict is reached gets SessionBase's accessors
+            # back, which go through its _session; see get() below.
+            for name in ("__contains__", "__getitem__", "__setitem__", "get"):
+                if name not in cls.__dict__:
+                    setattr(cls, name, getattr(SessionBase, name))
 
     def _get_session(self, no_load=False):
         # SessionBase._get_session (identical in Django 5.2, 6.0 and 6.1), except that the
@@ -41,6 +55,31 @@ class CSessionMixin:
         return cache
 
     _session = property(_get_session)
+
+    # SessionBase's accessors reach the dict through the _session property: a Python call
+    # each, a fifth of a shm request. These do what _get_session does once the dict is
+    # loaded (accessed = True, the cached dict) and call it only to load.
+
+    def __contains__(self, key):
+        self.accessed = True
+        cache = getattr(self, "_session_cache", _MISSING)
+        return key in (self._session if cache is _MISSING else cache)
+
+    def __getitem__(self, key):
+        self.accessed = True
+        cache = getattr(self, "_session_cache", _MISSING)
+        return (self._session if cache is _MISSING else cache)[key]
+
+    def __setitem__(self, key, value):
+        self.accessed = True
+        cache = getattr(self, "_session_cache", _MISSING)
+        (self._session if cache is _MISSING else cache)[key] = value
+        self.modified = True
+
+    def get(self, key, default=None):
+        self.accessed = True
+        cache = getattr(self, "_session_cache", _MISSING)
+        return (self._session if cache is _MISSING else cache).get(key, default)
 
     def get_session_cookie_age(self):
         return setting("SESSION_COOKIE_AGE")

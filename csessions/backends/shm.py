@@ -251,7 +251,7 @@ class SessionStore(CSessionMixin, SessionBase):
     def load(self):
         try:
             handle = _current if _current is not None else store()
-            raw = handle.get(self.session_key, int(time.time()))
+            raw = handle.get(self.session_key, None)  # None: the store's clock
         except (TypeError, ValueError):  # a key the store cannot hold (not ASCII, > 255)
             raw = None
         if raw is None:
