@@ -39,7 +39,7 @@
  *   a torn value, and a writer killed at any instruction leaves either the old or the new
  *   value reachable, never a half-written one. Within a boot, then, a reachable entry always
  *   matches its checksum; `get` does not verify it (the ~0.1 ns/byte would buy nothing the
- *   publishing order and the value's HMAC do not already give). Repair and check() do.
+ *   publishing order does not already give). Repair and check() do.
  * - Entry counters move before an insert is published and after a removal is unlinked, so
  *   after any crash the live entries are at most what the counters say; repair books the
  *   difference as `discarded`, and inserts - deletes - evictions - expirations - discarded
@@ -48,7 +48,10 @@
  *   each write also advances the stripe's sweep hand over SHM_SWEEP buckets, reclaiming the
  *   expired entries it finds: expired sessions go away incrementally, with no full scan on
  *   the request path and no background thread. When a write finds no free block, expired
- *   entries near the LRU tail go first, then the least recently used ones (counted).
+ *   entries near the LRU tail go first, then the least recently used ones (counted). The
+ *   LRU list is kept CLOCK-fashion: a read marks its entry instead of moving it to the head,
+ *   and eviction moves a marked tail entry to the head (unmarked) instead of evicting it, at
+ *   most SHM_SECOND_CHANCES times per eviction, then takes the tail.
  *
  * Crash repair: a worker SIGKILLed while holding a stripe lock leaves the robust mutex to
  * the next locker with EOWNERDEAD. That locker rebuilds the stripe from its bucket chains
@@ -89,9 +92,10 @@
  *
  * Trust: the segment (or file) is created 0600 with O_EXCL, and attaching refuses one that
  * is not owned by the current uid or has any group/other permission bit (a file also if it
- * is a symlink or not a regular file), so only the site's own user can read or write it. Values are what the Python layer stores: the session as
- * signed by the csessions codec (HMAC-SHA256 under SECRET_KEY), so even a process of that
- * user cannot plant a session without the secret; it can only destroy them.
+ * is a symlink or not a regular file), so only the site's own user can read or write it.
+ * Values are what the Python layer stores, unsigned: any process of that user can read the
+ * site's SECRET_KEY and sign whatever it likes, so a signature would protect nothing here
+ * (the reasoning is in csessions/backends/shm.py's docstring).
  *
  * Fork: the mapping is MAP_SHARED, so a process that opened the store and then forks
  * (gunicorn --preload) keeps a valid store in parent and children. A robust mutex belongs to

@@ -197,6 +197,51 @@ def test_full_store_evicts_lru(name):
     assert s.get(key(999), now) == value and s.get(key(1), now) is None
 
 
+def _fill_until_full(s, value, now):
+    """Puts key(0), key(1), ... until the first eviction; the keys that are live then."""
+    i = 0
+    while s.stats()["evictions"] == 0:
+        assert s.put(key(i), value, now + 600, now, SET)
+        i += 1
+    return [k for k in map(key, range(i)) if s.contains(k, now)]
+
+
+def test_a_read_session_gets_a_second_chance(name):
+    # Reads mark entries instead of moving them (src/shm.c, lru_touch): eviction then moves a
+    # marked tail entry to the head and evicts the least recently used unmarked one.
+    s = _core.ShmStore(name, 256 * 1024)
+    now = int(time.time())
+    value = "v" * 900  # 1 KiB blocks
+    live = _fill_until_full(s, value, now)
+    read, unread = live[::3], [k for k in live if k not in live[::3]]
+    for k in read:
+        assert s.get(k, now) == value
+    before = s.stats()["evictions"]
+    for i in range(len(unread) // 2):
+        assert s.put(f"new{i:029d}", value, now + 600, now, SET)
+    evicted = s.stats()["evictions"] - before
+    assert 0 < evicted <= len(unread) // 2
+    assert all(s.contains(k, now) for k in read)
+    gone = [k for k in unread if not s.contains(k, now)]
+    assert gone == unread[:len(gone)] and len(gone) == evicted  # oldest first
+    assert s.check()["entries"] == s.stats()["entries"]
+
+
+def test_a_store_where_every_session_was_read_still_takes_a_put(name):
+    s = _core.ShmStore(name, 256 * 1024)
+    now = int(time.time())
+    value = "v" * 900
+    live = _fill_until_full(s, value, now)
+    for k in live:
+        s.get(k, now)
+    before = s.stats()
+    assert s.put("x" * 32, value, now + 600, now, SET)
+    after = s.stats()
+    assert after["evictions"] == before["evictions"] + 1
+    assert after["entries"] == before["entries"] == s.check()["entries"]
+    assert s.get("x" * 32, now) == value
+
+
 def test_expired_go_before_lru(name):
     s = _core.ShmStore(name, 256 * 1024)
     now = 1_800_000_000
