@@ -101,3 +101,27 @@ def test_subclass_with_its_own_session_property_keeps_djangos_accessors():
     assert s.get("x") == 1 and s["x"] == 1 and "x" in s
     assert Traced.reads == 4
     assert SessionStore.get is not SessionBase.get  # the fast path is still the default
+
+
+@pytest.mark.parametrize("ours, django", ENGINES)
+def test_session_key_is_validated_as_djangos(ours, django):
+    # __init__ checks the key inline unless a subclass has its own _validate_session_key.
+    for key in ("k" * 8, "k" * 7, "", None, "k" * 40):
+        mine = importlib.import_module(ours).SessionStore(key)
+        theirs = importlib.import_module(django).SessionStore(key)
+        assert (mine.session_key, mine._session_key) == (theirs.session_key, theirs._session_key)
+        mine._session_key = "short"
+        assert mine.session_key is None
+    with pytest.raises(AttributeError):
+        mine.session_key = "k" * 32  # read-only, as SessionBase's
+
+
+def test_subclass_with_its_own_key_validation_is_obeyed():
+    from csessions.backends.cache import SessionStore
+
+    class Lenient(SessionStore):
+        def _validate_session_key(self, key):
+            return bool(key)
+
+    assert Lenient("abc").session_key == "abc"
+    assert SessionStore("abc").session_key is None

@@ -5,6 +5,7 @@ segment layout these tests poke at is the one documented in src/shm.h.
 """
 
 import asyncio
+import datetime
 import io
 import json
 import os
@@ -545,6 +546,31 @@ def test_engine_expiry(engine):
         mp.setattr(time, "time", lambda: t + 101)
         assert not engine.SessionStore(s2.session_key).exists(s2.session_key)
         engine.SessionStore.clear_expired()
+
+
+@pytest.mark.parametrize("expiry", [None, 0, 300, -10, datetime.timedelta(seconds=500)])
+@pytest.mark.parametrize("own_age", [False, True])
+def test_engine_stores_djangos_expiry_age(engine, expiry, own_age):
+    # save() computes the age itself for the common cases; the store's expiry must be what
+    # get_expiry_age() says, a subclass's own get_expiry_age included.
+    class Store(engine.SessionStore):
+        if own_age:
+            def get_expiry_age(self, **kwargs):
+                return 77
+
+    s = Store()
+    s["a"] = 1
+    if expiry is not None:
+        s.set_expiry(expiry)
+    now = time.time()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(time, "time", lambda: now)
+        s.save()
+        age = s.get_expiry_age()
+    assert age == (77 if own_age else {None: 1209600, 0: 1209600}.get(expiry, age))
+    handle = engine.store()
+    assert handle.contains(s.session_key, int(now) + age - 2)
+    assert not handle.contains(s.session_key, int(now) + age + 2)
 
 
 def test_engine_clear_expired(engine):

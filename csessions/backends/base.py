@@ -6,6 +6,7 @@ everything not named here stays Django's code, exact across Django versions.
 
 import functools
 import logging
+import operator
 
 from django.contrib.sessions.backends.base import SessionBase
 from django.utils.module_loading import import_string
@@ -23,7 +24,11 @@ class CSessionMixin:
     def __init__(self, session_key=None):
         # SessionBase.__init__ (identical in Django 5.2, 6.0 and 6.1) with a cached import;
         # tests/test_engines_base.py checks the attributes still match Django's.
-        self._session_key = session_key
+        if self._cs_own_key_check:
+            self._session_key = session_key
+        else:  # SessionBase._set_session_key and _validate_session_key, without two calls
+            self._SessionBase__session_key = (
+                session_key if session_key and len(session_key) >= 8 else None)
         self.accessed = False
         self.modified = False
         try:  # LazySettings' cache, without setting()'s Python call (see conf.py)
@@ -32,8 +37,15 @@ class CSessionMixin:
             path = setting("SESSION_SERIALIZER")
         self.serializer = _import_serializer(path)
 
+    # SessionBase's properties over its private __session_key, read by a C getter instead of
+    # SessionBase._get_session_key's Python call (several a request).
+    session_key = property(operator.attrgetter("_SessionBase__session_key"))
+    _session_key = property(session_key.fget, SessionBase._set_session_key)
+    _cs_own_key_check = False
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        cls._cs_own_key_check = cls._validate_session_key is not SessionBase._validate_session_key
         if "_session" in cls.__dict__:
             # A subclass that changes how the dict is reached gets SessionBase's accessors
             # back, which go through its _session; see get() below.
