@@ -86,7 +86,7 @@ setup(
             sources=SOURCES,
             depends=[os.path.join("src", f) for f in os.listdir("src") if f.endswith(".h")]
             if os.path.isdir("src") else [],
-            libraries=["sodium", "simdjson", "z", "crypto", "stdc++"],
+            libraries=["sodium", "simdjson", "z", "crypto", "stdc++", "m"],
             define_macros=macros,
             extra_compile_args=cflags,
             extra_link_args=ldflags,

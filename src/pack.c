@@ -241,7 +241,10 @@ memo_str(cs_state *st, const unsigned char *s, uint32_t n)
         return Py_NewRef(set[0]);
     }
     if (memo_equal(set[1], s, n)) {
-        return Py_NewRef(set[1]);
+        PyObject *hit = set[1]; /* to the front: a miss replaces the one used least recently */
+        set[1] = set[0];
+        set[0] = hit;
+        return Py_NewRef(hit);
     }
     if (!cs_is_ascii((const char *)s, n)) {
         return malformed("non-ASCII byte in an ASCII str");
@@ -250,7 +253,7 @@ memo_str(cs_state *st, const unsigned char *s, uint32_t n)
     if (k == NULL) {
         return NULL;
     }
-    Py_XSETREF(set[1], set[0]); /* the older one goes */
+    Py_XSETREF(set[1], set[0]); /* the less recently used one goes */
     set[0] = Py_NewRef(k);
     return k;
 }

@@ -10,6 +10,7 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <math.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -565,9 +566,10 @@ find(shm_ctx *c, const char *key, size_t klen, shm_hit *hit)
         if (steps == 0) {
             /* In a big store the entry is a DRAM miss, and so is the value after it: ask for
              * the block's first 512 bytes at once instead of line after line (~7% of a get
-             * over 1e6 sessions; a prefetch past the block or the arena is harmless). */
-            for (int i = 1; i < 8; i++) {
-                __builtin_prefetch((char *)e + 64 * i);
+             * over 1e6 sessions; a prefetch past the block or the arena is harmless, and the
+             * address is computed as an integer: pointer arithmetic past the mapping is UB). */
+            for (uintptr_t i = 1; i < 8; i++) {
+                __builtin_prefetch((const void *)((uintptr_t)e + 64 * i));
             }
         }
         if (e->tag == c->tag && e->klen == klen &&
@@ -1625,17 +1627,29 @@ as_key(PyObject *obj, const char **ptr, Py_ssize_t *len)
     return 0;
 }
 
-/* A time in whole seconds since the epoch; None is the current one (what int(time.time())
- * gives, without its two Python calls on every request). */
+static int
+as_int(PyObject *obj, long long *out)
+{
+    *out = PyLong_AsLongLong(obj);
+    return *out == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* Seconds since the epoch, whole or as time.time() gives them (floored: int() on the caller's
+ * side costs more than the store's own get). Times come from the caller, never from a C
+ * clock: a test's fake time.time() (freezegun, time-machine) is every operation's clock. */
 static int
 as_time(PyObject *obj, long long *out)
 {
-    if (obj == Py_None) {
-        *out = (long long)time(NULL);
+    if (PyFloat_CheckExact(obj)) {
+        double d = floor(PyFloat_AS_DOUBLE(obj));
+        if (!(d >= -9.0e18 && d <= 9.0e18)) { /* NaN fails both */
+            PyErr_SetString(PyExc_ValueError, "time out of range");
+            return -1;
+        }
+        *out = (long long)d;
         return 0;
     }
-    *out = PyLong_AsLongLong(obj);
-    return *out == -1 && PyErr_Occurred() ? -1 : 0;
+    return as_int(obj, out);
 }
 
 static int
@@ -1675,7 +1689,7 @@ raise_corrupt(shm_ctx *c)
               (unsigned)c->si);
 }
 
-/* get(key, now) -> str | None; now may be None, as for every time argument */
+/* get(key, now) -> str | None */
 static PyObject *
 store_get(ShmStore *s, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1749,7 +1763,7 @@ put_impl(ShmStore *s, PyObject *const *args, int die_at)
     int tries = 0, stored = 0;
     if (check_open(s) < 0 ||
         as_bytes(args[1], "the value", &v, &vlen) < 0 || as_time(args[2], &expires) < 0 ||
-        as_time(args[3], &now) < 0 || as_time(args[4], &mode) < 0) {
+        as_time(args[3], &now) < 0 || as_int(args[4], &mode) < 0) {
         return NULL;
     }
     if (mode < MODE_SET || mode > MODE_REPLACE) {
@@ -2205,7 +2219,8 @@ store_get_u64(ShmStore *s, void *closure)
 static PyMethodDef store_methods[] = {
     {"get", (PyCFunction)(void (*)(void))store_get, METH_FASTCALL,
      "get(key, now) -> str | None: the value, or None if absent or expired (reclaimed then). "
-     "Every time argument (now, expires) is in whole seconds; None means the current time."},
+     "Every time argument (now, expires) is in seconds since the epoch, an int or a float "
+     "(floored)."},
     {"put", (PyCFunction)(void (*)(void))store_put, METH_FASTCALL,
      "put(key, value, expires, now, mode) -> bool. mode 0: set; 1: add, False if a live "
      "entry exists; 2: replace, False if none. ValueError if the entry exceeds max_entry."},

@@ -125,3 +125,35 @@ def test_subclass_with_its_own_key_validation_is_obeyed():
 
     assert Lenient("abc").session_key == "abc"
     assert SessionStore("abc").session_key is None
+
+
+def test_a_mixin_before_ours_with_its_own_session_property_keeps_djangos_accessors():
+    from csessions.backends.cache import SessionStore
+
+    class Traced:
+        reads = 0
+
+        @property
+        def _session(self):
+            Traced.reads += 1
+            return self._get_session()
+
+    class Store(Traced, SessionStore):
+        pass
+
+    s = Store()
+    s["x"] = 1
+    assert s.get("x") == 1 and s["x"] == 1 and "x" in s
+    assert Traced.reads == 4
+
+
+def test_subclass_with_its_own_session_key_property_gets_the_key_through_it():
+    from csessions.backends.cache import SessionStore
+
+    class Upper(SessionStore):
+        def _set_key(self, value):
+            self._SessionBase__session_key = value.upper() if value else None
+
+        _session_key = property(SessionStore.session_key.fget, _set_key)
+
+    assert Upper("abcdefgh").session_key == "ABCDEFGH"

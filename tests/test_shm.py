@@ -155,14 +155,22 @@ def test_expiry_on_read(name):
     assert s.check() == {"entries": 1}
 
 
-def test_none_is_the_current_time(name):
+def test_times_are_the_callers_whole_seconds(name):
+    # The store has no clock of its own (a faked time.time() must reach every operation);
+    # a float time is floored, as time.time() gives them.
     s = _core.ShmStore(name, MIB)
-    now = int(time.time())
-    s.put(key(1), "past", now - 1, now - 100, SET)
-    s.put(key(2), "soon", now + 5, None, SET)
-    assert s.get(key(1), None) is None and s.get(key(2), None) == "soon"
-    assert s.contains(key(2), None) and not s.contains(key(1), None)
-    assert s.get(key(2), now + 5) is None  # the clock, not a fixed value, was used above
+    for args in [(key(1), "v", None, 0, SET), (key(1), "v", 10, None, SET),
+                 (key(1), "v", 10, 0, None), (key(1), "v", 10, 0, 0.0)]:
+        with pytest.raises(TypeError):
+            s.put(*args)
+    for bad in (float("nan"), float("inf"), -1e19):
+        with pytest.raises(ValueError, match="time out of range"):
+            s.get(key(1), bad)
+    with pytest.raises(TypeError):
+        s.get(key(1), None)
+    assert s.stats()["entries"] == 0
+    assert s.put(key(1), "v", 100.9, 0.5, SET)  # expires 100
+    assert s.get(key(1), 99.99) == "v" and s.get(key(1), 100.0) is None
 
 
 def test_incremental_sweep_reclaims_expired(name):
@@ -543,18 +551,19 @@ def test_engine_expiry(engine):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(time, "time", lambda: t + 99)
         assert engine.SessionStore(s2.session_key)["a"] == 1
-        mp.setattr(time, "time", lambda: t + 101)
+        mp.setattr(time, "time", lambda: t + 101)  # as freezegun does: every operation sees it
+        assert engine.SessionStore(s2.session_key).load() == {}
         assert not engine.SessionStore(s2.session_key).exists(s2.session_key)
         engine.SessionStore.clear_expired()
 
 
 @pytest.mark.parametrize("expiry", [None, 0, 300, -10, datetime.timedelta(seconds=500)])
-@pytest.mark.parametrize("own_age", [False, True])
+@pytest.mark.parametrize("own_age", ["no", "subclass", "patched"])
 def test_engine_stores_djangos_expiry_age(engine, expiry, own_age):
     # save() computes the age itself for the common cases; the store's expiry must be what
-    # get_expiry_age() says, a subclass's own get_expiry_age included.
+    # get_expiry_age() says, a subclass's own or a patched one included.
     class Store(engine.SessionStore):
-        if own_age:
+        if own_age == "subclass":
             def get_expiry_age(self, **kwargs):
                 return 77
 
@@ -565,12 +574,29 @@ def test_engine_stores_djangos_expiry_age(engine, expiry, own_age):
     now = time.time()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(time, "time", lambda: now)
+        if own_age == "patched":
+            mp.setattr(Store, "get_expiry_age", lambda self, **kwargs: 77)
         s.save()
         age = s.get_expiry_age()
-    assert age == (77 if own_age else {None: 1209600, 0: 1209600}.get(expiry, age))
+    assert age == (77 if own_age != "no" else {None: 1209600, 0: 1209600}.get(expiry, age))
     handle = engine.store()
     assert handle.contains(s.session_key, int(now) + age - 2)
     assert not handle.contains(s.session_key, int(now) + age + 2)
+
+
+def test_engine_save_goes_through_a_subclass_get_session(engine):
+    class Filtered(engine.SessionStore):
+        def _get_session(self, no_load=False):
+            session = super()._get_session(no_load)
+            session.pop("secret", None)
+            return session
+
+    s = Filtered()
+    s["a"] = 1
+    s.save()
+    s["secret"] = 2  # loaded now: only _get_session can keep it out of the store
+    s.save()
+    assert engine.SessionStore(s.session_key).load() == {"a": 1}
 
 
 def test_engine_clear_expired(engine):

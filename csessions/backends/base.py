@@ -24,11 +24,11 @@ class CSessionMixin:
     def __init__(self, session_key=None):
         # SessionBase.__init__ (identical in Django 5.2, 6.0 and 6.1) with a cached import;
         # tests/test_engines_base.py checks the attributes still match Django's.
-        if self._cs_own_key_check:
-            self._session_key = session_key
-        else:  # SessionBase._set_session_key and _validate_session_key, without two calls
+        if self._cs_plain_key:  # SessionBase._set_session_key and _validate_session_key inline
             self._SessionBase__session_key = (
                 session_key if session_key and len(session_key) >= 8 else None)
+        else:
+            self._session_key = session_key
         self.accessed = False
         self.modified = False
         try:  # LazySettings' cache, without setting()'s Python call (see conf.py)
@@ -41,17 +41,25 @@ class CSessionMixin:
     # SessionBase._get_session_key's Python call (several a request).
     session_key = property(operator.attrgetter("_SessionBase__session_key"))
     _session_key = property(session_key.fget, SessionBase._set_session_key)
-    _cs_own_key_check = False
+    # The fast paths here and in the engines skip calls that a subclass (or a mixin listed
+    # before ours) may change; a class that changes one gets the plain calls. Set per class,
+    # compared as resolved through the MRO.
+    _cs_plain_key = True  # __init__ may check the key inline
+    _cs_plain_session = True  # the dict may be read without _session, _get_session or get
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        cls._cs_own_key_check = cls._validate_session_key is not SessionBase._validate_session_key
-        if "_session" in cls.__dict__:
-            # A subclass that changes how the dict is reached gets SessionBase's accessors
-            # back, which go through its _session; see get() below.
+        mine = CSessionMixin.__dict__
+        cls._cs_plain_key = (cls._validate_session_key is SessionBase._validate_session_key
+                             and cls._session_key is mine["_session_key"])
+        if cls._session is not mine["_session"]:
+            # A class that changes how the dict is reached gets SessionBase's accessors back,
+            # which go through its _session; see get() below.
             for name in ("__contains__", "__getitem__", "__setitem__", "get"):
                 if name not in cls.__dict__:
                     setattr(cls, name, getattr(SessionBase, name))
+        cls._cs_plain_session = all(getattr(cls, name) is mine[name]
+                                    for name in ("_session", "_get_session", "get"))
 
     def _get_session(self, no_load=False):
         # SessionBase._get_session (identical in Django 5.2, 6.0 and 6.1), except that the

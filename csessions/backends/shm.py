@@ -256,7 +256,7 @@ class SessionStore(CSessionMixin, SessionBase):
     def load(self):
         try:
             handle = _current if _current is not None else store()
-            raw = handle.get(self.session_key, None)  # None: the store's clock
+            raw = handle.get(self.session_key, time.time())
         except (TypeError, ValueError):  # a key the store cannot hold (not ASCII, > 255)
             raw = None
         if raw is None:
@@ -288,31 +288,28 @@ class SessionStore(CSessionMixin, SessionBase):
             return
         raise RuntimeError(CREATE_FAILED)
 
-    _own_expiry_age = False
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        cls._own_expiry_age = cls.get_expiry_age is not _BASE_GET_EXPIRY_AGE
-
     def save(self, must_create=False):
         # SessionBase's steps with fewer Python calls (each is a few percent of a request):
         # _get_session's once the dict is loaded, pack_value's for a packable session below
-        # COMPRESS_ABOVE, get_expiry_age's for an age in seconds (it builds timezone.now(),
-        # ~2 us, to compare with an expiry date).
+        # COMPRESS_ABOVE, get_expiry_age's for no expiry or an age in seconds (it builds
+        # timezone.now(), ~2 us, to compare with an expiry date). A subclass that changes
+        # one of them (_cs_plain_session), or a patched get_expiry_age, gets the calls.
         key = self.session_key
         if key is None:
             return self.create()
-        self.accessed = True
-        data = getattr(self, "_session_cache", None)
+        plain = self._cs_plain_session and type(self).get_expiry_age is _BASE_GET_EXPIRY_AGE
+        data = getattr(self, "_session_cache", None) if plain else None
         if data is None:
             data = self._get_session(no_load=must_create)
+        else:
+            self.accessed = True  # what _get_session does
         value = _core.pack(data) if self.serializer in C_SERIALIZERS else None
         if value is None or len(value) > COMPRESS_ABOVE:
             value = pack_value(data, self.serializer, value)
         handle = _current if _current is not None else store()
         now = int(time.time())
         age = data.get("_session_expiry")
-        if self._own_expiry_age or (age and type(age) is not int):
+        if not plain or (age and type(age) is not int):
             age = self.get_expiry_age()
         elif not age:
             age = self.get_session_cookie_age()
