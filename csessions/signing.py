@@ -17,7 +17,7 @@ from csessions.serializers import JSONSerializer
 _core.set_error_types(BadSignature, SignatureExpired)
 
 # Both produce and accept the same bytes, so either may take the C path.
-C_SERIALIZERS = (JSONSerializer, _django.JSONSerializer)
+C_SERIALIZERS = (_django.JSONSerializer, JSONSerializer)  # Django's default first: `in` tries it first
 _DEFAULT_SALT = "django.core.signing.TimestampSigner"  # what TimestampSigner picks for salt=""
 # What the server-side engines store need not be Django's bytes, only readable by Django's
 # decode, which takes any zlib stream or none. Compressing costs more than everything else in

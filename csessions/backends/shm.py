@@ -307,7 +307,7 @@ class SessionStore(CSessionMixin, SessionBase):
         if value is None or len(value) > COMPRESS_ABOVE:
             value = pack_value(data, self.serializer, value)
         handle = _current if _current is not None else store()
-        now = int(time.time())
+        now = time.time()  # the store floors it (int() here would cost more than its get)
         age = data.get("_session_expiry")
         if not plain or (age and type(age) is not int):
             age = self.get_expiry_age()
