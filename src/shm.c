@@ -119,8 +119,11 @@ typedef struct {
 
 typedef struct {
     PyObject_HEAD
-    char *base;                   /* NULL once closed */
+    char *base;                   /* NULL once unmapped */
     size_t size;
+    /* Threads of this process waiting for a stripe lock without the GIL: close() cannot
+     * unmap under them, so it only marks the store closing and the last of them unmaps. */
+    int waiters, closing;
     shm_stripe *stripes;
     uint32_t *buckets;
     char *arenas;
@@ -364,6 +367,11 @@ expired(const shm_entry *e, long long now)
 static int
 fl_push(shm_ctx *c, uint32_t off, unsigned order)
 {
+    /* An order or offset that came from the segment is checked before it indexes anything. */
+    if (order < SHM_UNIT_ORDER || order > c->s->top_order || (off & ((1u << order) - 1)) != 0 ||
+        off > c->s->arena_size - (1u << order)) {
+        return -1;
+    }
     shm_entry *e = (shm_entry *)(c->ar + off);
     uint32_t head = c->st->free_head[order];
     if (head != SHM_NIL) {
@@ -437,6 +445,9 @@ block_alloc(shm_ctx *c, unsigned order, uint32_t *out)
 static int
 block_free(shm_ctx *c, uint32_t off, unsigned order)
 {
+    if (order < SHM_UNIT_ORDER || order > c->s->top_order) {
+        return -1;
+    }
     while (order < c->s->top_order) {
         uint32_t size = 1u << order;
         uint32_t buddy = off ^ size;
@@ -947,8 +958,11 @@ stripe_check(ShmStore *s, uint32_t si, long *entries)
 
 /* --- locking ----------------------------------------------------------------------------- */
 
+static void store_unmap(ShmStore *s);
+
 /* 0 with the stripe locked (repaired first if its last owner died), or -1 with an exception.
- * The GIL is only released to wait, when the lock is taken: never while holding it. */
+ * The GIL is released only while waiting for the lock; no Python code runs while a thread
+ * holds one (though a thread that just got it may wait for the GIL a switch interval). */
 static int
 stripe_lock(ShmStore *s, shm_stripe *st, uint32_t si)
 {
@@ -963,9 +977,11 @@ stripe_lock(ShmStore *s, shm_stripe *st, uint32_t si)
             deadline.tv_sec++;
             deadline.tv_nsec -= 1000000000L;
         }
+        s->waiters++;
         Py_BEGIN_ALLOW_THREADS
         r = pthread_mutex_timedlock(&st->lock, &deadline);
         Py_END_ALLOW_THREADS
+        s->waiters--;
     }
     if (r == EOWNERDEAD) {
         stripe_repair(s, si, C_LOCK_RECOVERIES);
@@ -973,6 +989,14 @@ stripe_lock(ShmStore *s, shm_stripe *st, uint32_t si)
         if (r != 0) {
             pthread_mutex_unlock(&st->lock);
         }
+    }
+    if (s->closing) { /* closed by another thread while this one waited */
+        if (r == 0) {
+            pthread_mutex_unlock(&st->lock);
+        }
+        store_unmap(s);
+        shm_raise(s, PyExc_ValueError, "the store was closed while waiting for a lock");
+        return -1;
     }
     if (r == 0) {
         return 0;
@@ -1069,7 +1093,10 @@ plan(shm_header *h, uint64_t size)
 
 /* NULL if the (checksummed) header describes a segment this build can use safely. The
  * geometry is checked in full, not only trusted for its checksum, since a checksum without
- * a key proves nothing against someone who writes a header on purpose. */
+ * a key proves nothing against someone who writes a header on purpose: every region lies
+ * inside the file and after the one before it, each bound compared by subtraction from the
+ * file's size (a sum of crafted offsets could wrap). `h` is the caller's private copy: the
+ * segment may change between the check and the use. */
 static const char *
 header_problem(const shm_header *h, uint64_t file_size)
 {
@@ -1096,10 +1123,12 @@ header_problem(const shm_header *h, uint64_t file_size)
         (nb & (nb - 1)) != 0 || arena == 0 || arena > SHM_ARENA_MAX || arena % 4096 != 0 ||
         h->top_order < SHM_UNIT_ORDER || h->top_order > SHM_TOP_ORDER_MAX ||
         ((uint64_t)1 << h->top_order) > arena || h->stripes_off < SHM_HEADER_BYTES ||
-        h->stripes_off % 64 != 0 || h->buckets_off < h->stripes_off + ns * sizeof(shm_stripe) ||
-        h->buckets_off % 4 != 0 || h->arenas_off < h->buckets_off + ns * nb * 4 ||
-        h->arenas_off % 4096 != 0 || h->arenas_off > file_size ||
-        (file_size - h->arenas_off) / ns < arena) {
+        h->stripes_off % 64 != 0 || h->stripes_off > file_size ||
+        ns * sizeof(shm_stripe) > file_size - h->stripes_off ||
+        h->buckets_off < h->stripes_off + ns * sizeof(shm_stripe) || h->buckets_off % 4 != 0 ||
+        h->buckets_off > file_size || ns * nb * 4 > file_size - h->buckets_off ||
+        h->arenas_off < h->buckets_off + ns * nb * 4 || h->arenas_off % 4096 != 0 ||
+        h->arenas_off > file_size || (file_size - h->arenas_off) / ns < arena) {
         return "has an impossible geometry in its header";
     }
     return NULL;
@@ -1151,11 +1180,13 @@ init_segment(ShmStore *s, shm_header *h)
     return 0;
 }
 
+/* From a header that header_problem() passed, or that plan() made: the caller's copy, never
+ * the segment's own (it could have changed since the check). */
 static void
-adopt_geometry(ShmStore *s, char *base, const shm_header *h)
+adopt_geometry(ShmStore *s, char *base, size_t mapped, const shm_header *h)
 {
     s->base = base;
-    s->size = h->total_size;
+    s->size = mapped;
     s->stripes = (shm_stripe *)(base + h->stripes_off);
     s->buckets = (uint32_t *)(base + h->buckets_off);
     s->arenas = base + h->arenas_off;
@@ -1201,7 +1232,8 @@ plan_or_raise(shm_header *h, uint64_t size, int create)
 }
 
 /* Creates the segment (0) or attaches to the one that exists (0), or -1 with an exception.
- * Runs without the GIL until it has to raise. */
+ * Holds the GIL throughout, also while it waits (at most SHM_ATTACH_WAIT_MS) for another
+ * process to finish creating the segment: this happens once per process, at startup. */
 static int
 segment_open(ShmStore *s, const char *name, uint64_t size, int create)
 {
@@ -1230,7 +1262,7 @@ segment_open(ShmStore *s, const char *name, uint64_t size, int create)
                 mapped = size;
                 shm_header *h = (shm_header *)base;
                 memcpy(h, &plan_h, sizeof(plan_h));
-                adopt_geometry(s, base, h);
+                adopt_geometry(s, base, mapped, &plan_h);
                 if (init_segment(s, h) < 0) {
                     saved = EINVAL;
                     goto create_failed;
@@ -1292,11 +1324,13 @@ segment_open(ShmStore *s, const char *name, uint64_t size, int create)
             }
             sleep_ms(1);
         }
-        problem = header_problem(h, (uint64_t)sb.st_size);
+        shm_header copy;
+        memcpy(&copy, h, sizeof(copy));
+        problem = header_problem(&copy, (uint64_t)mapped);
         if (problem != NULL) {
             goto refuse;
         }
-        adopt_geometry(s, base, h);
+        adopt_geometry(s, base, mapped, &copy);
         rc = 0;
         goto done;
     }
@@ -1549,7 +1583,7 @@ file_open(ShmStore *s, const char *path, uint64_t size, int create)
         h = (shm_header *)base;
         memcpy(h, &plan_h, sizeof(plan_h));
         memcpy(h->boot_id, boot_id, sizeof(boot_id));
-        adopt_geometry(s, base, h);
+        adopt_geometry(s, base, mapped, &plan_h);
         if (init_segment(s, h) < 0) {
             shm_raise(s, s->error, "its locks could not be initialised");
             goto done;
@@ -1558,11 +1592,13 @@ file_open(ShmStore *s, const char *path, uint64_t size, int create)
         rc = 0;
         goto done;
     }
-    problem = header_problem(h, (uint64_t)sb.st_size);
+    shm_header copy;
+    memcpy(&copy, h, sizeof(copy));
+    problem = header_problem(&copy, (uint64_t)mapped);
     if (problem != NULL) {
         goto refuse;
     }
-    adopt_geometry(s, base, h);
+    adopt_geometry(s, base, mapped, &copy);
     if (memcmp(h->boot_id, boot_id, sizeof(boot_id)) != 0) {
         if (scratch_alloc(s) < 0) {
             goto done;
@@ -1655,7 +1691,7 @@ as_time(PyObject *obj, long long *out)
 static int
 check_open(ShmStore *s)
 {
-    if (s->base == NULL) {
+    if (s->closing || s->base == NULL) {
         shm_raise(s, PyExc_ValueError, "the store is closed");
         return -1;
     }
@@ -1818,6 +1854,14 @@ retry:;
     if (found && find(&c, k, (size_t)klen, &hit) != 1) { /* evictions may have moved its link */
         goto corrupt;
     }
+    /* The old entry's fields are read before the new block is written: free lists made of
+     * garbage could hand out a block that covers them (that is a repair, not a write). */
+    unsigned old_order = found ? hit.e->order : SHM_UNIT_ORDER;
+    uint32_t old_vlen = found ? hit.e->vlen : 0, old_next = found ? hit.e->next : SHM_NIL;
+    if (found && (uint64_t)off < hit.off + ((uint64_t)1 << old_order) &&
+        (uint64_t)hit.off < off + ((uint64_t)1 << order)) {
+        goto corrupt;
+    }
     shm_entry *e = (shm_entry *)(c.ar + off);
     e->order = (uint8_t)order;
     e->klen = (uint8_t)klen;
@@ -1835,13 +1879,12 @@ retry:;
     c.st->c[C_BYTES_USED] += 1u << order;
     c.st->c[C_VALUE_BYTES] += (uint64_t)vlen;
     if (found) {
-        e->next = hit.e->next;
+        e->next = old_next;
         c.st->c[C_UPDATES]++;
         *hit.link = off; /* publish: readers now find the new value */
         maybe_die(die_at, 3);
-        unsigned old_order = hit.e->order;
         c.st->c[C_BYTES_USED] -= 1u << old_order;
-        c.st->c[C_VALUE_BYTES] -= hit.e->vlen;
+        c.st->c[C_VALUE_BYTES] -= old_vlen;
         if (lru_remove(&c, hit.e, hit.off) < 0 || block_free(&c, hit.off, old_order) < 0 ||
             lru_push(&c, e, off) < 0) {
             goto corrupt;
@@ -2074,7 +2117,8 @@ store_check(ShmStore *s, PyObject *unused)
 static void
 store_unmap(ShmStore *s)
 {
-    if (s->base != NULL) {
+    s->closing = 1;
+    if (s->base != NULL && s->waiters == 0) {
         munmap(s->base, s->size);
         s->base = NULL;
     }
@@ -2211,7 +2255,7 @@ store_get_u64(ShmStore *s, void *closure)
         return PyLong_FromSize_t(sizeof(shm_entry));
     }
     if (strcmp(what, "closed") == 0) {
-        return PyBool_FromLong(s->base == NULL);
+        return PyBool_FromLong(s->closing || s->base == NULL);
     }
     return PyBool_FromLong(s->created);
 }

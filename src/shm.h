@@ -45,7 +45,7 @@
  *   difference as `discarded`, and inserts - deletes - evictions - expirations - discarded
  *   == entries holds exactly.
  * - Expiry is checked on every read (an expired entry is a miss and is reclaimed there);
- *   each write also advances the stripe's sweep hand over SHM_SWEEP buckets, reclaiming the
+ *   each put also advances the stripe's sweep hand over SHM_SWEEP buckets, reclaiming the
  *   expired entries it finds: expired sessions go away incrementally, with no full scan on
  *   the request path and no background thread. When a write finds no free block, expired
  *   entries near the LRU tail go first, then the least recently used ones (counted). The
@@ -64,7 +64,9 @@
  * damaged entries are dropped, the others stay readable, nothing is dereferenced out of
  * bounds. A repair killed midway is simply redone by the next locker (it is idempotent).
  * Garbage written over a mutex itself may make its stripe time out (TimeoutError after
- * lock_timeout) instead of working; it never makes a process crash.
+ * lock_timeout) instead of working; written over a mutex that a process holds at that
+ * moment, it can make that process fault in pthread_mutex_unlock (glibc follows the robust
+ * list pointers kept in the mutex), which no check of the store can prevent.
  *
  * File mode (a path given): the store is that regular file, mapped MAP_SHARED, so it also
  * survives a reboot. Whoever comes first creates it (O_CREAT | O_EXCL | O_NOFOLLOW, 0600) and
@@ -100,8 +102,8 @@
  * Fork: the mapping is MAP_SHARED, so a process that opened the store and then forks
  * (gunicorn --preload) keeps a valid store in parent and children. A robust mutex belongs to
  * the thread that locked it, not to the process image: a child never inherits ownership,
- * and the GIL is held for as long as a stripe lock is (never across Python code), so a
- * fork from Python cannot happen while this process holds one.
+ * and no Python code runs while a thread holds a stripe lock (the GIL is released only to
+ * wait for one), so a fork from Python cannot happen while this process holds one.
  */
 #ifndef CSESSIONS_SHM_H
 #define CSESSIONS_SHM_H

@@ -157,3 +157,26 @@ def test_subclass_with_its_own_session_key_property_gets_the_key_through_it():
         _session_key = property(SessionStore.session_key.fget, _set_key)
 
     assert Upper("abcdefgh").session_key == "ABCDEFGH"
+
+
+def test_a_mixin_s_own_accessors_are_kept():
+    from csessions.backends.cache import SessionStore
+
+    class Tagged:
+        @property
+        def _session(self):
+            return self._get_session()
+
+        def __getitem__(self, key):
+            return "mixin:" + key
+
+    class Store(Tagged, SessionStore):
+        pass
+
+    class Sub(Store):
+        pass
+
+    for store in (Store, Sub):
+        s = store()
+        s["a"] = "x"
+        assert s["a"] == "mixin:a" and s.get("a") == "x"

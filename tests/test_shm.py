@@ -6,6 +6,7 @@ segment layout these tests poke at is the one documented in src/shm.h.
 
 import asyncio
 import datetime
+import hashlib
 import io
 import json
 import os
@@ -312,6 +313,42 @@ def test_header_validated_on_attach(name, offset, data, message):
     assert name in str(info.value) and "recreate" in str(info.value)
 
 
+CHECKSUM_AT = 104  # offsetof(shm_header, checksum): BLAKE2b-256 of the bytes before it
+
+
+@pytest.mark.parametrize("field, value", [
+    ("buckets_off", 2**64 - 4096),  # offset + length wraps past 2**64 to a small number
+    ("stripes_off", 2**64 - 64),
+    ("buckets_off", MIB),  # inside the file, but its buckets run past the arenas' start
+    ("arenas_off", 2 * MIB),  # past the end of the file
+])
+def test_header_with_a_valid_checksum_and_impossible_offsets_refused(name, field, value):
+    # A checksum without a key proves nothing against a header written on purpose: the
+    # geometry itself must keep every region inside the file (before: the buckets pointer
+    # could land before the mapping, and the next put wrote there).
+    _core.ShmStore(name, MIB).close()
+    head = bytearray(read_header(name))
+    g = geometry(name)
+    g[field] = value
+    HEADER.pack_into(head, 0, *g.values())
+    head[CHECKSUM_AT:CHECKSUM_AT + 32] = hashlib.blake2b(head[:CHECKSUM_AT], digest_size=32).digest()
+    pwrite(name, 0, bytes(head[:CHECKSUM_AT + 32]))
+    with pytest.raises(_core.ShmError, match="impossible geometry"):
+        _core.ShmStore(name, MIB)
+
+
+def test_an_untouched_header_rewritten_with_its_checksum_still_attaches(name):
+    # The test above rewrites headers its way: the same way with nothing changed must attach.
+    _core.ShmStore(name, MIB).close()
+    head = bytearray(read_header(name))
+    HEADER.pack_into(head, 0, *geometry(name).values())
+    head[CHECKSUM_AT:CHECKSUM_AT + 32] = hashlib.blake2b(head[:CHECKSUM_AT], digest_size=32).digest()
+    pwrite(name, 0, bytes(head[:CHECKSUM_AT + 32]))
+    s = _core.ShmStore(name, MIB)
+    assert s.put(key(1), "v", 2**40, 0, SET) and s.get(key(1), 0) == "v"
+    s.close()
+
+
 def test_wrong_mode_refused(name):
     fd = os.open(f"/dev/shm/{name}", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     os.close(fd)
@@ -490,6 +527,57 @@ def test_stopped_holder_times_out_then_killed_holder_recovers(name):
         os.waitpid(pid, 0)
     assert s.get(key(1), now) is None  # the lock was recovered, the half-done put dropped
     assert s.stats()["lock_recoveries"] == 1 and s.check() == {"entries": 0}
+
+
+def _close_while_a_thread_waits(name):
+    """Exit status 0 if close() by one thread, while another waits for a stripe lock without
+    the GIL, leaves the waiter an error instead of a mapping pulled from under it."""
+    import threading
+
+    s = _core.ShmStore(name, 256 * 1024, lock_timeout=5.0)
+    now = int(time.time())
+    holder = os.fork()
+    if holder == 0:
+        s._put_and_die(key(1), "v", now + 60, now, SET, 4)  # stops holding the lock
+        os._exit(0)
+    os.waitpid(holder, os.WUNTRACED)
+    outcome = []
+
+    def waiter():
+        try:
+            s.get(key(1), now)
+            outcome.append("got it")
+        except ValueError as e:
+            outcome.append(str(e))
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    time.sleep(0.2)  # the waiter is in the lock wait by now
+    s.close()
+    assert s.closed
+    os.kill(holder, signal.SIGKILL)  # the waiter gets the lock (owner died), then sees closed
+    os.waitpid(holder, 0)
+    t.join(10)
+    assert outcome and "closed while waiting" in outcome[0], outcome
+    with pytest.raises(ValueError, match="closed"):
+        s.get(key(1), now)
+    return 0
+
+
+def test_close_while_another_thread_waits_for_a_lock(name):
+    pid = os.fork()
+    if pid == 0:  # in a child: the old code crashed the process here
+        code = 1
+        try:
+            code = _close_while_a_thread_waits(name)
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    # and the segment is still whole for everyone else
+    s = _core.ShmStore(name, 256 * 1024)
+    assert s.check() == {"entries": 0} and s.put(key(2), "w", 2**40, 0, SET)
+    s.close()
 
 
 # ------------------------------------------------------------------------------ the engine

@@ -56,7 +56,7 @@ class CSessionMixin:
             # A class that changes how the dict is reached gets SessionBase's accessors back,
             # which go through its _session; see get() below.
             for name in ("__contains__", "__getitem__", "__setitem__", "get"):
-                if name not in cls.__dict__:
+                if getattr(cls, name) is mine[name]:  # not its own, nor a mixin's
                     setattr(cls, name, getattr(SessionBase, name))
         cls._cs_plain_session = all(getattr(cls, name) is mine[name]
                                     for name in ("_session", "_get_session", "get"))
