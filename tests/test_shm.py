@@ -509,15 +509,21 @@ def test_counters_add_up(name):
     assert st["bytes_used"] + st["bytes_free"] == st["arena_bytes"]
 
 
-def test_stopped_holder_times_out_then_killed_holder_recovers(name):
-    s = _core.ShmStore(name, 256 * 1024, lock_timeout=0.3)
-    now = int(time.time())
+def _stopped_lock_holder(s, now):
+    """The pid of a child stopped (SIGSTOP) in a put to key(1), holding its stripe's lock."""
     pid = os.fork()
     if pid == 0:
         s._put_and_die(key(1), "v", now + 60, now, SET, 4)  # stops holding the lock
         os._exit(0)
+    os.waitpid(pid, os.WUNTRACED)  # until it has stopped
+    return pid
+
+
+def test_stopped_holder_times_out_then_killed_holder_recovers(name):
+    s = _core.ShmStore(name, 256 * 1024, lock_timeout=0.3)
+    now = int(time.time())
+    pid = _stopped_lock_holder(s, now)
     try:
-        os.waitpid(pid, os.WUNTRACED)  # until it has stopped, lock held
         started = time.monotonic()
         with pytest.raises(TimeoutError, match=name):
             s.get(key(1), now)
@@ -536,11 +542,7 @@ def _close_while_a_thread_waits(name):
 
     s = _core.ShmStore(name, 256 * 1024, lock_timeout=5.0)
     now = int(time.time())
-    holder = os.fork()
-    if holder == 0:
-        s._put_and_die(key(1), "v", now + 60, now, SET, 4)  # stops holding the lock
-        os._exit(0)
-    os.waitpid(holder, os.WUNTRACED)
+    holder = _stopped_lock_holder(s, now)
     outcome = []
 
     def waiter():
