@@ -1088,3 +1088,61 @@ def test_two_processes(kind, engines, request):
             d = CsStore(key).load()
             assert d == {} or d["digest"] == hashlib.sha256(
                 json.dumps([d["w"], d["i"], d["blob"], d["nums"]]).encode()).hexdigest()
+
+
+def _recording(base):
+    class Store(base):
+        __qualname__ = "SessionStore"
+
+        def __init__(self, session_key=None):
+            super().__init__(session_key)
+            self.calls = []
+
+        def save(self, must_create=False):
+            self.calls.append(("save", must_create))
+            return super().save(must_create)
+
+        def create(self):
+            self.calls.append("create")
+            return super().create()
+
+        def exists(self, session_key):
+            self.calls.append("exists")
+            return super().exists(session_key)
+
+        async def asave(self, must_create=False):
+            self.calls.append(("asave", must_create))
+            return await super().asave(must_create)
+
+        async def acreate(self):
+            self.calls.append("acreate")
+            return await super().acreate()
+
+        async def aexists(self, session_key):
+            self.calls.append("aexists")
+            return await super().aexists(session_key)
+
+    return Store
+
+
+def test_a_subclass_public_methods_are_called_as_djangos_are():
+    # Django's create() calls save() and exists(), its save() calls create(): a subclass that
+    # overrides them (metrics, auditing) sees the same calls, sync and async.
+    def sync_run(store):
+        s = store()
+        s["a"] = 1
+        s.save()
+        s.cycle_key()
+        return s.calls
+
+    async def async_run(store):
+        s = store()
+        await s.aset("a", 1)
+        await s.asave()
+        await s.acycle_key()
+        return s.calls
+
+    mine, theirs = _recording(cs_cache.SessionStore), _recording(dj_cache.SessionStore)
+    assert sync_run(mine) == sync_run(theirs)
+    assert "exists" in sync_run(mine)
+    assert asyncio.run(async_run(mine)) == asyncio.run(async_run(theirs))

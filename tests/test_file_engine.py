@@ -845,6 +845,47 @@ def test_clear_expired_subclass_overrides(store_dir):
     assert files(store_dir) == []
 
 
+def test_clear_expired_calls_a_subclass_delete(store_dir):
+    deleted = []
+
+    class Store(CsStore):
+        __qualname__ = "SessionStore"  # key_salt comes from it: reads Django's sessions
+
+        def delete(self, session_key=None):
+            deleted.append(session_key or self.session_key)
+            super().delete(session_key)
+
+    for i in range(3):
+        path_of(store_dir, "%032d" % i).write_text(DjStore().encode({"_session_expiry": -10}))
+    Store.clear_expired()
+    assert sorted(deleted) == ["%032d" % i for i in range(3)] and files(store_dir) == []
+
+
+def test_subclass_hooks_with_djangos_signatures(store_dir):
+    # Django calls _expiry_date(session_data) and _last_modification(); a subclass written
+    # for Django's engine overrides them with those signatures and must keep working.
+    seen = []
+
+    class OwnModification(CsStore):
+        __qualname__ = "SessionStore"  # key_salt comes from it: reads csessions' sessions
+
+        def _last_modification(self):
+            seen.append("last_modification")
+            return super()._last_modification()
+
+    class OwnExpiry(CsStore):
+        __qualname__ = "SessionStore"
+
+        def _expiry_date(self, session_data):
+            seen.append("expiry_date")
+            return super()._expiry_date(session_data)
+
+    for store in (OwnModification, OwnExpiry):
+        s = new_session(CsStore, {"a": 1})
+        assert store(s.session_key).load() == {"a": 1}
+    assert seen == ["last_modification", "expiry_date"]
+
+
 def test_clear_expired_weird_expiry_fails_as_django(store_dir, tmp_path):
     p = path_of(store_dir, "w" * 32)
     p.write_text(DjStore().encode({"_session_expiry": [1]}))

@@ -175,11 +175,16 @@ class SessionStore(CSessionMixin, cache.SessionStore):
 
     def _get_new_session_key(self):
         # No exists() round trip: create() hands the key to the cache's atomic add(), which
-        # detects a collision anyway (and it would take ~2**82 keys to expect one).
-        return _core.new_session_key()
+        # detects a collision anyway (and it would take ~2**82 keys to expect one). A
+        # subclass's own exists() is still asked, as Django asks it.
+        if type(self).exists is SessionStore.exists:
+            return _core.new_session_key()
+        return super()._get_new_session_key()
 
     async def _aget_new_session_key(self):
-        return _core.new_session_key()
+        if type(self).aexists is SessionStore.aexists:
+            return _core.new_session_key()
+        return await super()._aget_new_session_key()
 
     # ---------------------------------------------------------------------------- sync API
 
@@ -229,15 +234,23 @@ class SessionStore(CSessionMixin, cache.SessionStore):
             self._cache_failed("delete", exc, "the session was not deleted")
             raise
 
+    def _hook(self, name, inner):
+        """The public method `name` where a subclass overrides it (Django's create, save and
+        their async twins call each other's public methods); else `inner`, the same work
+        without the public method's failure logging (logged once, by the caller)."""
+        if getattr(type(self), name) is getattr(SessionStore, name):
+            return inner
+        return getattr(self, name)
+
     def _create(self):
         started = time.monotonic()
         unstored = 0
         for _ in range(CREATE_TRIES):
             self._session_key = self._get_new_session_key()
             try:
-                self._save(must_create=True)
+                self._hook("save", self._save)(must_create=True)
             except CreateError:
-                if self._exists(self._session_key):
+                if self._hook("exists", self._exists)(self._session_key):
                     continue  # a real collision: the key is taken, try another (Django)
                 unstored += 1
                 if unstored < UNSTORED_TRIES and time.monotonic() - started < UNSTORED_RETRY_SECONDS:
@@ -249,7 +262,7 @@ class SessionStore(CSessionMixin, cache.SessionStore):
 
     def _save(self, must_create):
         if self.session_key is None:
-            return self._create()
+            return self._hook("create", self._create)()
         cache_key = self.cache_key
         if must_create:
             func = self._cache.add
@@ -322,9 +335,9 @@ class SessionStore(CSessionMixin, cache.SessionStore):
         for _ in range(CREATE_TRIES):
             self._session_key = await self._aget_new_session_key()
             try:
-                await self._asave(must_create=True)
+                await self._hook("asave", self._asave)(must_create=True)
             except CreateError:
-                if await self._aexists(self._session_key):
+                if await self._hook("aexists", self._aexists)(self._session_key):
                     continue
                 unstored += 1
                 if unstored < UNSTORED_TRIES and time.monotonic() - started < UNSTORED_RETRY_SECONDS:
@@ -336,7 +349,7 @@ class SessionStore(CSessionMixin, cache.SessionStore):
 
     async def _asave(self, must_create):
         if self.session_key is None:
-            return await self._acreate()
+            return await self._hook("acreate", self._acreate)()
         cache_key = await self.acache_key()
         if must_create:
             func = self._cache.aadd

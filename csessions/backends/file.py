@@ -94,7 +94,7 @@ MTIME_MARGIN_LOCAL = 2 * 86400
 SWEEP_MTIME, SWEEP_STRING, SWEEP_CORRUPT, SWEEP_OTHER = 0, 1, 2, 3
 # What clear_expired's C path replaces; a subclass overriding any of them gets Django's path.
 SWEEP_REPLACES = ("decode", "load", "get_expiry_age", "_expiry_date", "_last_modification",
-                  "key_salt")
+                  "key_salt", "delete", "_key_to_file", "__init__")
 
 
 def durable():
@@ -144,10 +144,13 @@ class SessionStore(CSessionMixin, file.SessionStore):
         tz = datetime.timezone.utc if setting("USE_TZ") else None
         return datetime.datetime.fromtimestamp(mtime, tz=tz)
 
+    # Django's hooks keep Django's signatures: the mtime of the file just read (Django stats
+    # the name again) is passed only to our own, never to a subclass's override.
+
     def _expiry_date(self, session_data, mtime=None):
-        # mtime: the one of the file just read (Django stats the name again).
+        own = type(self)._last_modification is SessionStore._last_modification
         return session_data.get("_session_expiry") or (
-            self._last_modification(mtime)
+            (self._last_modification(mtime) if own else self._last_modification())
             + datetime.timedelta(seconds=self.get_session_cookie_age())
         )
 
@@ -174,7 +177,11 @@ class SessionStore(CSessionMixin, file.SessionStore):
                             )
                         self.create()
                 # Remove expired sessions.
-                expiry_age = self.get_expiry_age(expiry=self._expiry_date(session_data, mtime))
+                if type(self)._expiry_date is SessionStore._expiry_date:
+                    expiry = self._expiry_date(session_data, mtime)
+                else:
+                    expiry = self._expiry_date(session_data)
+                expiry_age = self.get_expiry_age(expiry=expiry)
                 if expiry_age <= 0:
                     session_data = {}
                     self.delete()
