@@ -1,4 +1,6 @@
 /* The shared-memory store: segment layout, locking and repair are described in shm.h. */
+#include "shm.h" /* Python.h first: it sets the feature macros the system headers read */
+
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -16,7 +18,6 @@
 
 #include <sodium.h>
 
-#include "shm.h"
 #include "util.h"
 
 #define SHM_MAGIC "CSESSHM"          /* 8 bytes with its NUL */
@@ -968,8 +969,8 @@ stripe_lock(ShmStore *s, shm_stripe *st, uint32_t si)
 {
     int r = pthread_mutex_trylock(&st->lock);
     if (r == EBUSY) {
-        struct timespec deadline;
-        clock_gettime(CLOCK_REALTIME, &deadline);
+        struct timespec deadline; /* monotonic: a step of the wall clock changes no wait */
+        clock_gettime(CLOCK_MONOTONIC, &deadline);
         double whole = (double)(long long)s->lock_timeout;
         deadline.tv_sec += (time_t)whole;
         deadline.tv_nsec += (long)((s->lock_timeout - whole) * 1e9);
@@ -979,7 +980,7 @@ stripe_lock(ShmStore *s, shm_stripe *st, uint32_t si)
         }
         s->waiters++;
         Py_BEGIN_ALLOW_THREADS
-        r = pthread_mutex_timedlock(&st->lock, &deadline);
+        r = pthread_mutex_clocklock(&st->lock, CLOCK_MONOTONIC, &deadline);
         Py_END_ALLOW_THREADS
         s->waiters--;
     }
