@@ -1457,7 +1457,7 @@ all_zero(const char *p, size_t n)
 /* Opens `path` (no symlink in the last component), creating it 0600 if allowed, and returns
  * its descriptor locked with flock(LOCK_EX), and its stat in *sb; -1 with an exception. */
 static int
-file_open_locked(ShmStore *s, const char *path, int create, struct stat *sb)
+file_open_locked(ShmStore *s, const char *path, int create, struct stat *sb, int *exclusive)
 {
     for (int attempt = 0; attempt < 5; attempt++) {
         int fd = -1, made = 0, r;
@@ -1484,16 +1484,17 @@ file_open_locked(ShmStore *s, const char *path, int create, struct stat *sb)
         if (made && fchmod(fd, 0600) < 0) {
             goto os_error;
         }
-        Py_BEGIN_ALLOW_THREADS /* another opener may be verifying it after a reboot */
-        r = flock(fd, LOCK_EX);
-        Py_END_ALLOW_THREADS
-        while (r < 0 && errno == EINTR) {
-            if (PyErr_CheckSignals() < 0) {
+        /* Alone with the file (no other process has it mapped: each keeps a shared lock for
+         * as long as it does), or one of many. */
+        r = flock(fd, LOCK_EX | LOCK_NB);
+        *exclusive = r == 0;
+        while (r < 0 && (errno == EWOULDBLOCK || errno == EINTR)) {
+            if (errno == EINTR && PyErr_CheckSignals() < 0) {
                 close(fd);
                 return -1;
             }
-            Py_BEGIN_ALLOW_THREADS
-            r = flock(fd, LOCK_EX);
+            Py_BEGIN_ALLOW_THREADS /* an opener alone with it may be verifying it */
+            r = flock(fd, LOCK_SH);
             Py_END_ALLOW_THREADS
         }
         if (r < 0 || fstat(fd, sb) < 0) {
@@ -1515,12 +1516,14 @@ file_open_locked(ShmStore *s, const char *path, int create, struct stat *sb)
 
 /* File mode: the store lives in the regular file `path`, mapped MAP_SHARED. Everything that
  * must happen once (creating, sizing, initialising, verifying after a reboot) happens under
- * flock(LOCK_EX) on the file, so of the workers that start at once exactly one does it and
- * the others find it done. 0, or -1 with an exception. */
+ * flock(LOCK_EX), which an opener gets only when no other process has the file mapped (each
+ * keeps LOCK_SH for as long as it does): so of the workers that start at once exactly one
+ * does it, and a file in use is never re-made under its users, whatever its header says.
+ * 0, or -1 with an exception, or -1 without one and *busy set: it needed to be alone. */
 static int
-file_open(ShmStore *s, const char *path, uint64_t size, int create)
+file_attach(ShmStore *s, const char *path, uint64_t size, int create, int *busy)
 {
-    int fd = -1, rc = -1, fresh;
+    int fd = -1, rc = -1, fresh, exclusive = 0;
     char *base = MAP_FAILED;
     size_t mapped = 0;
     const char *problem = NULL;
@@ -1535,7 +1538,7 @@ file_open(ShmStore *s, const char *path, uint64_t size, int create)
         PyErr_SetFromErrnoWithFilename(PyExc_OSError, SHM_BOOT_ID_PATH);
         return -1;
     }
-    fd = file_open_locked(s, path, create, &sb);
+    fd = file_open_locked(s, path, create, &sb, &exclusive);
     if (fd < 0) {
         return -1;
     }
@@ -1573,6 +1576,10 @@ file_open(ShmStore *s, const char *path, uint64_t size, int create)
             problem = "is empty or was never finished by its creator";
             goto refuse;
         }
+        if (!exclusive) { /* others have it mapped: only an opener alone may (re)make it */
+            *busy = 1;
+            goto done;
+        }
         if (file_size_up(fd, size) < 0) {
             goto os_error;
         }
@@ -1601,6 +1608,10 @@ file_open(ShmStore *s, const char *path, uint64_t size, int create)
     }
     adopt_geometry(s, base, mapped, &copy);
     if (memcmp(h->boot_id, boot_id, sizeof(boot_id)) != 0) {
+        if (!exclusive) { /* as above: no verify (new locks) under processes using it */
+            *busy = 1;
+            goto done;
+        }
         if (scratch_alloc(s) < 0) {
             goto done;
         }
@@ -1618,15 +1629,42 @@ refuse:
     shm_raise(s, s->error, "%s (remove it, or recreate it: `manage.py csessions_shm recreate`)",
               problem);
 done:
-    /* Unlocked explicitly: the mapping holds the open file description, and with it the
-     * flock, long after the descriptor is closed. */
-    flock(fd, LOCK_UN);
+    /* The shared lock stays for as long as the mapping does (it holds the open file
+     * description, and with it the flock, after the descriptor is closed): it tells later
+     * openers that this process uses the file. */
+    if (rc == 0 && exclusive && flock(fd, LOCK_SH) < 0) {
+        PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
+        rc = -1;
+    }
+    if (rc < 0) {
+        flock(fd, LOCK_UN);
+    }
     close(fd);
     if (rc < 0 && base != MAP_FAILED) {
         munmap(base, mapped);
         s->base = NULL;
     }
     return rc;
+}
+
+/* File mode: file_attach until it is not `busy` (the file needs making or verifying while
+ * other processes have it mapped: its maker may still be at it), for SHM_ATTACH_WAIT_MS. */
+static int
+file_open(ShmStore *s, const char *path, uint64_t size, int create)
+{
+    for (int waited = 0;; waited++) {
+        int busy = 0, rc = file_attach(s, path, size, create, &busy);
+        if (!busy) {
+            return rc;
+        }
+        if (waited >= SHM_ATTACH_WAIT_MS) {
+            shm_raise(s, s->error, "is unfinished, or was last verified in another boot, while "
+                      "other processes have it mapped (remove it, or recreate it: "
+                      "`manage.py csessions_shm recreate`)");
+            return -1;
+        }
+        sleep_ms(1);
+    }
 }
 
 /* --- the Python type --------------------------------------------------------------------- */

@@ -71,10 +71,13 @@
  * File mode (a path given): the store is that regular file, mapped MAP_SHARED, so it also
  * survives a reboot. Whoever comes first creates it (O_CREAT | O_EXCL | O_NOFOLLOW, 0600) and
  * allocates its blocks (posix_fallocate: a write into a hole of a full disk would be a
- * SIGBUS). Every opener takes flock(LOCK_EX) on it before looking at its content, so of the
- * workers that start at once exactly one initialises (a file of size 0, or one of ours
- * whose creator died before `ready`) or verifies it; the others find that done. The flock
- * is dropped explicitly: the mapping keeps the open file description, and so the lock.
+ * SIGBUS). Every process that has the file mapped holds flock(LOCK_SH) on it for as long
+ * as it does (the mapping keeps the open file description, and so the lock), and only an
+ * opener that gets LOCK_EX at once, so one alone with the file, initialises it (a file of
+ * size 0, or one of ours whose creator died before `ready`) or verifies it; the others take
+ * LOCK_SH, which waits for that to finish, and find it done. A file whose `ready` or boot id
+ * says otherwise while others use it (garbage in those bytes) is refused after
+ * SHM_ATTACH_WAIT_MS, never re-made under its users.
  * Nothing is fsynced: the kernel writes the pages back (all of them at a clean shutdown).
  * After a machine crash, any page (or sector) of the file may be from any moment of its
  * last seconds. So the first opener in a new boot (the header's boot id is not

@@ -127,6 +127,33 @@ def test_two_handles_share_the_file(path):
     b.close()
 
 
+READY_AT = 136  # offsetof(shm_header, ready), right after the checksum
+
+
+@pytest.mark.parametrize("garbage", ["ready", "boot id"])
+def test_a_file_in_use_is_never_remade_under_its_users(path, garbage):
+    # `ready` and the boot id lie outside the header's checksum; garbage in them must not
+    # make the next opener (a worker restarting) wipe or re-lock a file others are using.
+    s = open_store(path)
+    now = int(time.time())
+    s.put(key(1), "kept", now + 600, now, SET)
+    if garbage == "ready":
+        pwrite(path, READY_AT, b"\0\0\0\0")
+    else:
+        simulate_reboot(path)
+    started = time.monotonic()
+    with pytest.raises(_core.ShmError, match="other processes have it mapped"):
+        open_store(path)
+    assert time.monotonic() - started < 10
+    assert s.get(key(1), now) == "kept" and counters_add_up(s)["entries"] == 1
+    s.close()
+    # Once no one has it mapped, the next opener may make it again (ready) or verify it.
+    s = open_store(path)
+    assert s.get(key(1), now) == (None if garbage == "ready" else "kept")
+    assert s.created == (garbage == "ready")
+    s.close()
+
+
 def test_attach_only_when_asked(path):
     with pytest.raises(FileNotFoundError):
         open_store(path, create=False)
