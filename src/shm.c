@@ -1198,6 +1198,20 @@ adopt_geometry(ShmStore *s, char *base, size_t mapped, const shm_header *h)
     memcpy(s->hash_key, h->hash_key, sizeof(s->hash_key));
 }
 
+/* Checks the segment's header and adopts its geometry, both from a private copy (the segment
+ * may change between the check and the use). NULL, or what is wrong with it. */
+static const char *
+adopt_checked_header(ShmStore *s, char *base, size_t mapped)
+{
+    shm_header copy;
+    memcpy(&copy, base, sizeof(copy));
+    const char *problem = header_problem(&copy, (uint64_t)mapped);
+    if (problem == NULL) {
+        adopt_geometry(s, base, mapped, &copy);
+    }
+    return problem;
+}
+
 static void
 sleep_ms(int ms)
 {
@@ -1325,13 +1339,10 @@ segment_open(ShmStore *s, const char *name, uint64_t size, int create)
             }
             sleep_ms(1);
         }
-        shm_header copy;
-        memcpy(&copy, h, sizeof(copy));
-        problem = header_problem(&copy, (uint64_t)mapped);
+        problem = adopt_checked_header(s, base, mapped);
         if (problem != NULL) {
             goto refuse;
         }
-        adopt_geometry(s, base, mapped, &copy);
         rc = 0;
         goto done;
     }
@@ -1455,7 +1466,8 @@ all_zero(const char *p, size_t n)
 }
 
 /* Opens `path` (no symlink in the last component), creating it 0600 if allowed, and returns
- * its descriptor locked with flock(LOCK_EX), and its stat in *sb; -1 with an exception. */
+ * its descriptor flock()ed: LOCK_EX if no other process holds a lock on it (*exclusive set),
+ * else LOCK_SH; and its stat in *sb. -1 with an exception. */
 static int
 file_open_locked(ShmStore *s, const char *path, int create, struct stat *sb, int *exclusive)
 {
@@ -1600,13 +1612,10 @@ file_attach(ShmStore *s, const char *path, uint64_t size, int create, int *busy)
         rc = 0;
         goto done;
     }
-    shm_header copy;
-    memcpy(&copy, h, sizeof(copy));
-    problem = header_problem(&copy, (uint64_t)mapped);
+    problem = adopt_checked_header(s, base, mapped);
     if (problem != NULL) {
         goto refuse;
     }
-    adopt_geometry(s, base, mapped, &copy);
     if (memcmp(h->boot_id, boot_id, sizeof(boot_id)) != 0) {
         if (!exclusive) { /* as above: no verify (new locks) under processes using it */
             *busy = 1;
