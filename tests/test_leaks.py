@@ -101,6 +101,20 @@ SCRIPT = textwrap.dedent(
     COOKIE = COOKIE.session_key
     HUGE = {"blob": b64(os.urandom(6000))}
 
+    STORE = _core.ShmStore("csessions-leaks-%d" % os.getpid(), 4 << 20)
+    _core.shm_unlink(STORE.name)  # mapped until exit, nothing left behind
+    BIG_PACKABLE = {"blob": "é" * 3000, "l": list(range(50))}  # past the inline buffers
+
+    def shm_packed():
+        now = int(time.time())
+        for i, d in enumerate((PACKABLE, BIG_PACKABLE)):
+            assert STORE.put_packed(str(i) * 32, d, now + 60, now, 0, 1 << 20)
+            STORE.get_unpacked(str(i) * 32, now)
+        assert STORE.put_packed("2" * 32, {1: 2}, now + 60, now, 0, 1 << 20) is None
+        STORE.put("3" * 32, PACKED[:-3], now + 60, now, 0)
+        assert type(STORE.get_unpacked("3" * 32, now)) is str  # malformed: handed back
+        assert STORE.get_unpacked("4" * 32, now) is None
+
     def cookie_roundtrip():
         s = SessionStore(COOKIE)
         s["k"] = s["user"]
@@ -158,6 +172,7 @@ SCRIPT = textwrap.dedent(
         "deflate_inflate": lambda: _core.inflate(_core.deflate(JSON, 1)),
         "inflate_bad": lambda: expect(ValueError, _core.inflate, b"x\x9cgarbage"),
         "new_session_key": _core.new_session_key,
+        "shm_packed": shm_packed,
         "cookie_roundtrip": cookie_roundtrip,
         "cookie_garbage": cookie_garbage,
         "cookie_oversize": cookie_oversize,

@@ -143,6 +143,40 @@ def test_add_set_replace_delete(name):
         s.put(key(1), "v", now, now, 3)
 
 
+def test_put_packed_and_get_unpacked(name):
+    """The engine's one-call save and load: put() of pack()'s bytes and get() + unpack(), with
+    None from put_packed (nothing stored) wherever the engine must store something else."""
+    s = _core.ShmStore(name, 2 * MIB)
+    now = int(time.time())
+    d = {"cart": [{"sku": "A1", "qty": 2, "price": 9.99}], "name": "Zoë 😀", "n": None}
+    assert not s.put_packed(key(1), d, now + 60, now, REPLACE, 1000)
+    assert s.put_packed(key(1), d, now + 60, now, ADD, 1000)
+    assert not s.put_packed(key(1), d, now + 60, now, ADD, 1000)
+    assert s.get(key(1), now) == _core.pack(d).decode("latin-1")  # the same bytes as put()
+    assert s.get_unpacked(key(1), now) == d
+    assert s.get_unpacked(key(1), now) is not s.get_unpacked(key(1), now)
+    assert s.get_unpacked(key(2), now) is None
+    assert s.get_unpacked(key(1), now + 60) is None  # expired
+    assert s.put_packed(key(1), d, now + 60, now, SET, 1000)
+    packed_len = len(_core.pack(d))
+    for unpackable in ({1: "int key"}, {"big": 2**70}, {"s": {1, 2}}, {"lone": "\ud800"}):
+        assert s.put_packed(key(1), unpackable, now + 60, now, SET, 1000) is None
+    assert s.put_packed(key(1), {"x": "y" * 2000}, now + 60, now, SET, 1000) is None  # > limit
+    assert s.put_packed(key(1), d, now + 60, now, SET, packed_len) is True  # == limit
+    assert s.put_packed(key(1), {"x": "y" * s.max_entry}, now + 60, now, SET, 10**9) is None
+    assert s.get_unpacked(key(1), now) == d  # no None answer stored anything
+    for other in (b"{json}", b"s-other serializer", b"o\x01\x00\x00\x00A\x01", b"", b"y\x78\x9c",
+                  _core.pack(d) + b"trailing", _core.pack(d)[:-1]):
+        s.put(key(3), other, now + 60, now, SET)  # not a packed dict, or a malformed one
+        assert s.get_unpacked(key(3), now) == other.decode("latin-1")
+    with pytest.raises(TypeError):
+        s.put_packed("caf\u00e9" * 10, d, now + 60, now, SET, 1000)
+    with pytest.raises(ValueError):
+        s.put_packed("k" * 256, d, now + 60, now, SET, 1000)
+    with pytest.raises(ValueError):
+        s.get_unpacked("k" * 256, now)
+    assert s.check() == {"entries": 2}
+
 def test_expiry_on_read(name):
     s = _core.ShmStore(name, MIB)
     now = 1_800_000_000

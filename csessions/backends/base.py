@@ -4,7 +4,6 @@ Engines list ``CSessionMixin`` before Django's own ``SessionStore`` of the same 
 everything not named here stays Django's code, exact across Django versions.
 """
 
-import functools
 import logging
 import operator
 
@@ -16,7 +15,8 @@ from csessions.conf import _resolved, setting
 
 # SessionBase.__init__ imports SESSION_SERIALIZER on every instantiation (~1 us); the
 # import is cached here by the setting's value, so a changed setting is still followed.
-_import_serializer = functools.lru_cache(maxsize=8)(import_string)
+# A dict, not lru_cache: a subscript costs less than its call, and the setting takes few values.
+_serializers = {}
 _MISSING = object()
 
 
@@ -35,7 +35,10 @@ class CSessionMixin:
             path = _resolved["SESSION_SERIALIZER"]
         except KeyError:
             path = setting("SESSION_SERIALIZER")
-        self.serializer = _import_serializer(path)
+        try:
+            self.serializer = _serializers[path]
+        except KeyError:
+            self.serializer = _serializers.setdefault(path, import_string(path))
 
     # SessionBase's properties over its private __session_key, read by a C getter instead of
     # SessionBase._get_session_key's Python call (several a request).
@@ -78,28 +81,30 @@ class CSessionMixin:
 
     # SessionBase's accessors reach the dict through the _session property: a Python call
     # each, a fifth of a shm request. These do what _get_session does once the dict is
-    # loaded (accessed = True, the cached dict) and call it only to load.
+    # loaded (accessed = True, the cached dict) and call it only to load, as a plain function
+    # (the property's call from C costs more): classes whose _session is not ours get
+    # SessionBase's accessors instead (__init_subclass__), so it is what _session would call.
 
     def __contains__(self, key):
         self.accessed = True
         cache = getattr(self, "_session_cache", _MISSING)
-        return key in (self._session if cache is _MISSING else cache)
+        return key in (_get_session(self) if cache is _MISSING else cache)
 
     def __getitem__(self, key):
         self.accessed = True
         cache = getattr(self, "_session_cache", _MISSING)
-        return (self._session if cache is _MISSING else cache)[key]
+        return (_get_session(self) if cache is _MISSING else cache)[key]
 
     def __setitem__(self, key, value):
         self.accessed = True
         cache = getattr(self, "_session_cache", _MISSING)
-        (self._session if cache is _MISSING else cache)[key] = value
+        (_get_session(self) if cache is _MISSING else cache)[key] = value
         self.modified = True
 
     def get(self, key, default=None):
         self.accessed = True
         cache = getattr(self, "_session_cache", _MISSING)
-        return (self._session if cache is _MISSING else cache).get(key, default)
+        return (_get_session(self) if cache is _MISSING else cache).get(key, default)
 
     def get_session_cookie_age(self):
         return setting("SESSION_COOKIE_AGE")
@@ -127,3 +132,6 @@ class CSessionMixin:
             session_key = _core.new_session_key()
             if not await self.aexists(session_key):
                 return session_key
+
+
+_get_session = CSessionMixin._get_session

@@ -256,18 +256,14 @@ class SessionStore(CSessionMixin, SessionBase):
     def load(self):
         try:
             handle = _current if _current is not None else store()
-            raw = handle.get(self.session_key, time.time())
+            # A packed session comes back as its dict (get_unpacked: no str, no second call)
+            raw = handle.get_unpacked(self.session_key, time.time())
         except (TypeError, ValueError):  # a key the store cannot hold (not ASCII, > 255)
             raw = None
         if raw is None:
             self._session_key = None
             return {}
-        if raw[:1] != "o":
-            return self._unpack(raw)
-        try:  # _unpack's common case, without its call
-            return _core.unpack(raw)
-        except Exception:
-            return _corrupted()
+        return raw if type(raw) is dict else self._unpack(raw)
 
     def exists(self, session_key):
         if not session_key:
@@ -290,8 +286,8 @@ class SessionStore(CSessionMixin, SessionBase):
 
     def save(self, must_create=False):
         # SessionBase's steps with fewer Python calls (each is a few percent of a request):
-        # _get_session's once the dict is loaded, pack_value's for a packable session below
-        # COMPRESS_ABOVE, get_expiry_age's for no expiry or an age in seconds (it builds
+        # _get_session's once the dict is loaded, pack_value's and the bytes for a packable
+        # session below COMPRESS_ABOVE (put_packed), get_expiry_age's for no expiry or an age in seconds (it builds
         # timezone.now(), ~2 us, to compare with an expiry date). A subclass that changes
         # one of them (_cs_plain_session), or a patched get_expiry_age, gets the calls.
         key = self.session_key
@@ -303,9 +299,6 @@ class SessionStore(CSessionMixin, SessionBase):
             data = self._get_session(no_load=must_create)
         else:
             self.accessed = True  # what _get_session does
-        value = _core.pack(data) if self.serializer in C_SERIALIZERS else None
-        if value is None or len(value) > COMPRESS_ABOVE:
-            value = pack_value(data, self.serializer, value)
         handle = _current if _current is not None else store()
         now = time.time()  # the store floors it (int() here would cost more than its get)
         age = data.get("_session_expiry")
@@ -313,18 +306,26 @@ class SessionStore(CSessionMixin, SessionBase):
             age = self.get_expiry_age()
         elif not age:
             age = self.get_session_cookie_age()
-        try:
-            stored = handle.put(key, value, now + age, now,
-                                _ADD if must_create else _REPLACE)
-        except TypeError:  # a key the store cannot hold: it cannot exist there either
-            stored = False
-        except ValueError:  # put() checks before it changes anything
-            size = handle.entry_overhead + len(key) + len(value)
-            if size > handle.max_entry:
-                raise SessionTooLarge(size, handle.max_entry, handle.name) from None
-            if len(key) <= 255:
-                raise
-            stored = False
+        mode = _ADD if must_create else _REPLACE
+        stored = None
+        if self.serializer in C_SERIALIZERS:
+            try:  # packed in C; None when pack_value would store something else
+                stored = handle.put_packed(key, data, now + age, now, mode, COMPRESS_ABOVE)
+            except (TypeError, ValueError):
+                pass  # a key the store cannot hold: put() below answers it
+        if stored is None:
+            value = pack_value(data, self.serializer)
+            try:
+                stored = handle.put(key, value, now + age, now, mode)
+            except TypeError:  # a key the store cannot hold: it cannot exist there either
+                stored = False
+            except ValueError:  # put() checks before it changes anything
+                size = handle.entry_overhead + len(key) + len(value)
+                if size > handle.max_entry:
+                    raise SessionTooLarge(size, handle.max_entry, handle.name) from None
+                if len(key) <= 255:
+                    raise
+                stored = False
         if not stored:
             raise CreateError if must_create else UpdateError
 
