@@ -159,6 +159,25 @@ def test_subclass_with_its_own_session_key_property_gets_the_key_through_it():
     assert Upper("abcdefgh").session_key == "ABCDEFGH"
 
 
+def test_subclass_with_its_own_public_session_key_is_asked_on_first_access():
+    # SessionBase._get_session loads when session_key (the public property) is not None;
+    # the fast accessors read the key without it, so such a class must not get them.
+    from csessions.backends.cache import SessionStore as Ours
+    from django.contrib.sessions.backends.cache import SessionStore as Theirs
+
+    loads = []
+    for base in (Ours, Theirs):
+        class Announced(base):
+            session_key = property(lambda self: "announced-elsewhere")
+
+            def load(self):
+                loads.append(base)
+                return super().load()
+
+        Announced().get("x")
+    assert loads == [Ours, Theirs]
+
+
 def test_a_mixin_s_own_accessors_are_kept():
     from csessions.backends.cache import SessionStore
 

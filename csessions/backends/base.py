@@ -48,21 +48,22 @@ class CSessionMixin:
     # before ours) may change; a class that changes one gets the plain calls. Set per class,
     # compared as resolved through the MRO.
     _cs_plain_key = True  # __init__ may check the key inline
-    _cs_plain_session = True  # the dict may be read without _session, _get_session or get
+    _cs_plain_session = True  # the dict and key may be read without _session, _get_session,
+    # get or session_key
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         mine = CSessionMixin.__dict__
         cls._cs_plain_key = (cls._validate_session_key is SessionBase._validate_session_key
                              and cls._session_key is mine["_session_key"])
-        if cls._session is not mine["_session"]:
-            # A class that changes how the dict is reached gets SessionBase's accessors back,
-            # which go through its _session; see get() below.
+        if cls._session is not mine["_session"] or cls.session_key is not mine["session_key"]:
+            # A class that changes how the dict or the key is reached gets SessionBase's
+            # accessors back, which go through its _session; see get() below.
             for name in ("__contains__", "__getitem__", "__setitem__", "get"):
                 if getattr(cls, name) is mine[name]:  # not its own, nor a mixin's
                     setattr(cls, name, getattr(SessionBase, name))
         cls._cs_plain_session = all(getattr(cls, name) is mine[name]
-                                    for name in ("_session", "_get_session", "get"))
+                                    for name in ("_session", "_get_session", "get", "session_key"))
 
     def _get_session(self, no_load=False):
         # SessionBase._get_session (identical in Django 5.2, 6.0 and 6.1), except that the
@@ -70,41 +71,45 @@ class CSessionMixin:
         # getattr with a default looks the attribute up without making the exception.
         self.accessed = True
         cache = getattr(self, "_session_cache", _MISSING)
-        if cache is _MISSING:
-            if self.session_key is None or no_load:
-                cache = self._session_cache = {}
-            else:
-                cache = self._session_cache = self.load()
-        return cache
+        return _fill_cache(self, self.session_key, no_load) if cache is _MISSING else cache
 
     _session = property(_get_session)
 
     # SessionBase's accessors reach the dict through the _session property: a Python call
-    # each, a fifth of a shm request. These do what _get_session does once the dict is
-    # loaded (accessed = True, the cached dict) and call it only to load, as a plain function
-    # (the property's call from C costs more): classes whose _session is not ours get
-    # SessionBase's accessors instead (__init_subclass__), so it is what _session would call.
+    # each, a fifth of a shm request. These do what _get_session does: once the dict is
+    # loaded, accessed = True and the cached dict; before, the rest of _get_session as a plain
+    # function (the property's call from C costs more), given the key without session_key's
+    # call. Classes whose _session or session_key is not ours get SessionBase's accessors
+    # instead (__init_subclass__), so this is what _session does.
 
     def __contains__(self, key):
         self.accessed = True
         cache = getattr(self, "_session_cache", _MISSING)
-        return key in (_get_session(self) if cache is _MISSING else cache)
+        if cache is _MISSING:
+            cache = _fill_cache(self, self._SessionBase__session_key)
+        return key in cache
 
     def __getitem__(self, key):
         self.accessed = True
         cache = getattr(self, "_session_cache", _MISSING)
-        return (_get_session(self) if cache is _MISSING else cache)[key]
+        if cache is _MISSING:
+            cache = _fill_cache(self, self._SessionBase__session_key)
+        return cache[key]
 
     def __setitem__(self, key, value):
         self.accessed = True
         cache = getattr(self, "_session_cache", _MISSING)
-        (_get_session(self) if cache is _MISSING else cache)[key] = value
+        if cache is _MISSING:
+            cache = _fill_cache(self, self._SessionBase__session_key)
+        cache[key] = value
         self.modified = True
 
     def get(self, key, default=None):
         self.accessed = True
         cache = getattr(self, "_session_cache", _MISSING)
-        return (_get_session(self) if cache is _MISSING else cache).get(key, default)
+        if cache is _MISSING:
+            cache = _fill_cache(self, self._SessionBase__session_key)
+        return cache.get(key, default)
 
     def get_session_cookie_age(self):
         return setting("SESSION_COOKIE_AGE")
@@ -134,4 +139,10 @@ class CSessionMixin:
                 return session_key
 
 
-_get_session = CSessionMixin._get_session
+def _fill_cache(session, session_key, no_load=False):
+    """The rest of _get_session when the dict is not loaded yet."""
+    if session_key is None or no_load:
+        cache = session._session_cache = {}
+    else:
+        cache = session._session_cache = session.load()
+    return cache

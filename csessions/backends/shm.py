@@ -290,11 +290,14 @@ class SessionStore(CSessionMixin, SessionBase):
         # session below COMPRESS_ABOVE (put_packed), get_expiry_age's for no expiry or an age in seconds (it builds
         # timezone.now(), ~2 us, to compare with an expiry date). A subclass that changes
         # one of them (_cs_plain_session), or a patched get_expiry_age, gets the calls.
-        key = self.session_key
+        plain = self._cs_plain_session and type(self).get_expiry_age is _BASE_GET_EXPIRY_AGE
+        key = self._SessionBase__session_key if plain else self.session_key
         if key is None:
             return self.create()
-        plain = self._cs_plain_session and type(self).get_expiry_age is _BASE_GET_EXPIRY_AGE
-        data = getattr(self, "_session_cache", None) if plain else None
+        try:  # the dict is normally loaded: no getattr call for it
+            data = self._session_cache if plain else None
+        except AttributeError:
+            data = None
         if data is None:
             data = self._get_session(no_load=must_create)
         else:
