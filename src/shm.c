@@ -2019,10 +2019,11 @@ store_put(ShmStore *s, PyObject *const *args, Py_ssize_t nargs)
     return put_impl(s, args[0], v, vlen, args + 2, 0);
 }
 
-/* put_packed(key, obj, expires, now, mode, limit) -> bool | None: put() of pack.h's form of
- * obj, packed here into a C buffer (one call and no bytes a save). None, and nothing
- * stored, when obj has no packed form or it is longer than limit or than an entry can be:
- * the caller then stores what it chooses through put(). */
+/* put_packed(key, obj, expires, now, mode, limit) -> bool | bytes | None: put() of pack.h's
+ * form of the dict obj, packed here into a C buffer (one call and no bytes a save). Nothing
+ * is stored when obj is not a dict with a packed form (None) or its packed form is longer
+ * than limit or than an entry can be (that form, as bytes, for the caller to store what it
+ * chooses through put()). */
 static PyObject *
 store_put_packed(ShmStore *s, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -2037,15 +2038,19 @@ store_put_packed(ShmStore *s, PyObject *const *args, Py_ssize_t nargs)
     if (limit == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    int rc = cs_pack(&out, args[1]);
+    int rc = PyDict_CheckExact(args[1]) ? cs_pack(&out, args[1]) : 1;
     if (rc < 0) {
+        goto done;
+    }
+    if (rc == 1) {
+        result = Py_NewRef(Py_None);
         goto done;
     }
     Py_ssize_t klen = (PyBytes_Check(args[0]) ? PyBytes_GET_SIZE(args[0])
                        : PyUnicode_Check(args[0]) ? PyUnicode_GET_LENGTH(args[0]) : 0);
-    if (rc == 1 || out.len > limit ||
+    if (out.len > limit ||
         order_for(sizeof(shm_entry) + (uint64_t)klen + (uint64_t)out.len) > s->top_order) {
-        result = Py_NewRef(Py_None);
+        result = PyBytes_FromStringAndSize(out.data, out.len);
         goto done;
     }
     result = put_impl(s, args[0], out.data, out.len, args + 2, 0);
@@ -2409,9 +2414,9 @@ static PyMethodDef store_methods[] = {
      "put(key, value, expires, now, mode) -> bool. mode 0: set; 1: add, False if a live "
      "entry exists; 2: replace, False if none. ValueError if the entry exceeds max_entry."},
     {"put_packed", (PyCFunction)(void (*)(void))store_put_packed, METH_FASTCALL,
-     "put_packed(key, obj, expires, now, mode, limit) -> bool | None: put() of obj's packed "
-     "form (src/pack.h); None, nothing stored, if obj has none or it is longer than limit or "
-     "than max_entry allows"},
+     "put_packed(key, obj, expires, now, mode, limit) -> bool | bytes | None: put() of the "
+     "dict obj's packed form (src/pack.h); nothing stored and None if obj has none, or that "
+     "form as bytes if it is longer than limit or than max_entry allows"},
     {"_put_and_die", (PyCFunction)(void (*)(void))store_put_and_die, METH_FASTCALL,
      "_put_and_die(key, value, expires, now, mode, stage): for crash tests, a put that "
      "_exit()s midway (1: holding the lock, 2: entry half written, 3: just published) or "

@@ -111,6 +111,9 @@ SCRIPT = textwrap.dedent(
             assert STORE.put_packed(str(i) * 32, d, now + 60, now, 0, 1 << 20)
             STORE.get_unpacked(str(i) * 32, now)
         assert STORE.put_packed("2" * 32, {1: 2}, now + 60, now, 0, 1 << 20) is None
+        assert STORE.put_packed("2" * 32, {"l": [1] * 2000 + [{1}]}, now + 60, now, 0, 1 << 20) is None
+        assert type(STORE.put_packed("2" * 32, BIG_PACKABLE, now + 60, now, 0, 100)) is bytes
+        expect(TypeError, STORE.put_packed, "\u00e9" * 32, BIG_PACKABLE, now + 60, now, 0, 1 << 20)
         STORE.put("3" * 32, PACKED[:-3], now + 60, now, 0)
         assert type(STORE.get_unpacked("3" * 32, now)) is str  # malformed: handed back
         assert STORE.get_unpacked("4" * 32, now) is None

@@ -144,29 +144,32 @@ def test_add_set_replace_delete(name):
 
 
 def test_put_packed_and_get_unpacked(name):
-    """The engine's one-call save and load: put() of pack()'s bytes and get() + unpack(), with
-    None from put_packed (nothing stored) wherever the engine must store something else."""
+    """The engine's one-call save and load: put() of pack()'s bytes and get() + unpack(); where
+    the engine must store something else, put_packed stores nothing and says why."""
     s = _core.ShmStore(name, 2 * MIB)
     now = int(time.time())
     d = {"cart": [{"sku": "A1", "qty": 2, "price": 9.99}], "name": "Zoë 😀", "n": None}
-    assert not s.put_packed(key(1), d, now + 60, now, REPLACE, 1000)
-    assert s.put_packed(key(1), d, now + 60, now, ADD, 1000)
-    assert not s.put_packed(key(1), d, now + 60, now, ADD, 1000)
+    assert s.put_packed(key(1), d, now + 60, now, REPLACE, 1000) is False
+    assert s.put_packed(key(1), d, now + 60, now, ADD, 1000) is True
+    assert s.put_packed(key(1), d, now + 60, now, ADD, 1000) is False
     assert s.get(key(1), now) == _core.pack(d).decode("latin-1")  # the same bytes as put()
     assert s.get_unpacked(key(1), now) == d
-    assert s.get_unpacked(key(1), now) is not s.get_unpacked(key(1), now)
     assert s.get_unpacked(key(2), now) is None
     assert s.get_unpacked(key(1), now + 60) is None  # expired
-    assert s.put_packed(key(1), d, now + 60, now, SET, 1000)
-    packed_len = len(_core.pack(d))
-    for unpackable in ({1: "int key"}, {"big": 2**70}, {"s": {1, 2}}, {"lone": "\ud800"}):
+    assert s.put_packed(key(1), d, now + 60, now, SET, 1000) is True
+    packed = _core.pack(d)
+    before = s.stats()
+    for unpackable in ({1: "int key"}, {"big": 2**70}, {"s": {1, 2}}, {"lone": "\ud800"}, [1], "s"):
         assert s.put_packed(key(1), unpackable, now + 60, now, SET, 1000) is None
-    assert s.put_packed(key(1), {"x": "y" * 2000}, now + 60, now, SET, 1000) is None  # > limit
-    assert s.put_packed(key(1), d, now + 60, now, SET, packed_len) is True  # == limit
-    assert s.put_packed(key(1), {"x": "y" * s.max_entry}, now + 60, now, SET, 10**9) is None
-    assert s.get_unpacked(key(1), now) == d  # no None answer stored anything
+    big = {"x": "y" * 2000}
+    assert s.put_packed(key(1), big, now + 60, now, SET, 1000) == _core.pack(big)  # > limit
+    huge = {"x": "y" * s.max_entry}
+    assert s.put_packed(key(1), huge, now + 60, now, SET, 10**9) == _core.pack(huge)
+    assert s.stats() == before  # none of those answers touched the store
+    assert s.get_unpacked(key(1), now) == d
+    assert s.put_packed(key(1), d, now + 60, now, SET, len(packed)) is True  # == limit
     for other in (b"{json}", b"s-other serializer", b"o\x01\x00\x00\x00A\x01", b"", b"y\x78\x9c",
-                  _core.pack(d) + b"trailing", _core.pack(d)[:-1]):
+                  packed + b"trailing", packed[:-1]):
         s.put(key(3), other, now + 60, now, SET)  # not a packed dict, or a malformed one
         assert s.get_unpacked(key(3), now) == other.decode("latin-1")
     with pytest.raises(TypeError):
@@ -176,6 +179,7 @@ def test_put_packed_and_get_unpacked(name):
     with pytest.raises(ValueError):
         s.get_unpacked("k" * 256, now)
     assert s.check() == {"entries": 2}
+
 
 def test_expiry_on_read(name):
     s = _core.ShmStore(name, MIB)
@@ -721,6 +725,21 @@ def test_engine_save_goes_through_a_subclass_get_session(engine):
     s["secret"] = 2  # loaded now: only _get_session can keep it out of the store
     s.save()
     assert engine.SessionStore(s.session_key).load() == {"a": 1}
+
+
+def test_engine_save_uses_a_subclass_own_session_key(engine):
+    saved = engine.SessionStore()
+    saved["n"] = 1
+    saved.save()
+
+    class Announced(engine.SessionStore):
+        __qualname__ = "SessionStore"
+        session_key = property(lambda self: saved.session_key)
+
+    s = Announced()
+    s["n"] = 2
+    s.save()  # SessionBase's save() goes by session_key: an update of saved's session
+    assert engine.SessionStore(saved.session_key)["n"] == 2
 
 
 def test_engine_clear_expired(engine):

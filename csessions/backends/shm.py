@@ -287,9 +287,10 @@ class SessionStore(CSessionMixin, SessionBase):
     def save(self, must_create=False):
         # SessionBase's steps with fewer Python calls (each is a few percent of a request):
         # _get_session's once the dict is loaded, pack_value's and the bytes for a packable
-        # session below COMPRESS_ABOVE (put_packed), get_expiry_age's for no expiry or an age in seconds (it builds
-        # timezone.now(), ~2 us, to compare with an expiry date). A subclass that changes
-        # one of them (_cs_plain_session), or a patched get_expiry_age, gets the calls.
+        # session below COMPRESS_ABOVE (put_packed), get_expiry_age's for no expiry or an
+        # age in seconds (it builds timezone.now(), ~2 us, to compare with an expiry date).
+        # A subclass that changes one of them (_cs_plain_session), or a patched
+        # get_expiry_age, gets the calls.
         plain = self._cs_plain_session and type(self).get_expiry_age is _BASE_GET_EXPIRY_AGE
         key = self._SessionBase__session_key if plain else self.session_key
         if key is None:
@@ -310,25 +311,29 @@ class SessionStore(CSessionMixin, SessionBase):
         elif not age:
             age = self.get_session_cookie_age()
         mode = _ADD if must_create else _REPLACE
-        stored = None
+        expires = now + age
+        packed = None
         if self.serializer in C_SERIALIZERS:
-            try:  # packed in C; None when pack_value would store something else
-                stored = handle.put_packed(key, data, now + age, now, mode, COMPRESS_ABOVE)
+            try:  # packed and stored in C; bytes: packed only, longer than COMPRESS_ABOVE
+                packed = handle.put_packed(key, data, expires, now, mode, COMPRESS_ABOVE)
             except (TypeError, ValueError):
-                pass  # a key the store cannot hold: put() below answers it
-        if stored is None:
-            value = pack_value(data, self.serializer)
-            try:
-                stored = handle.put(key, value, now + age, now, mode)
-            except TypeError:  # a key the store cannot hold: it cannot exist there either
-                stored = False
-            except ValueError:  # put() checks before it changes anything
-                size = handle.entry_overhead + len(key) + len(value)
-                if size > handle.max_entry:
-                    raise SessionTooLarge(size, handle.max_entry, handle.name) from None
-                if len(key) <= 255:
-                    raise
-                stored = False
+                pass  # a key the store cannot hold, or a closed store: put() answers it
+            if packed is True:
+                return
+            if packed is False:
+                raise CreateError if must_create else UpdateError
+        value = pack_value(data, self.serializer, packed)
+        try:
+            stored = handle.put(key, value, expires, now, mode)
+        except TypeError:  # a key the store cannot hold: it cannot exist there either
+            stored = False
+        except ValueError:  # put() checks before it changes anything
+            size = handle.entry_overhead + len(key) + len(value)
+            if size > handle.max_entry:
+                raise SessionTooLarge(size, handle.max_entry, handle.name) from None
+            if len(key) <= 255:
+                raise
+            stored = False
         if not stored:
             raise CreateError if must_create else UpdateError
 
