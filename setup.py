@@ -18,7 +18,8 @@ REQUIRED = [
 ]
 
 SOURCES = ["src/module.c", "src/json_encode.c", "src/json_decode.c", "src/codec.c",
-           "src/hmac.c", "src/pack.c", "src/shm.c", "src/fileio.c", "src/simdjson_wrap.cpp"]
+           "src/hmac.c", "src/pack.c", "src/shm.c", "src/fileio.c", "src/simdjson_wrap.cpp",
+           "src/float_repr.cpp"]
 
 # CSESSIONS_WERROR=1: warnings are errors (CI). CSESSIONS_DEBUG=1: asserts on, -O0.
 # CSESSIONS_SANITIZE=1: AddressSanitizer + UndefinedBehaviorSanitizer, any report aborts.
@@ -51,7 +52,7 @@ class BuildExt(build_ext):
                 f"    apt-get install {' '.join(missing)}\n"
                 "(or simply `make test`, which installs them)"
             )
-        # The C++ wrapper needs C++17; the C sources must not see that flag.
+        # The C++ wrappers need C++17; the C sources must not see that flag.
         original = self.compiler._compile
 
         def _compile(obj, src, ext, cc_args, extra_postargs, pp_opts):

@@ -12,6 +12,7 @@
  * PyDict_Next are safe.
  */
 #include "json.h"
+#include "float_repr.h"
 
 #include <math.h>
 
@@ -262,6 +263,11 @@ encode_float(cs_buf *out, PyObject *obj)
     int n = float_repr_fast(d, fast);
     if (n > 0) {
         return cs_buf_append(out, fast, n);
+    }
+    char shortest[CS_FLOAT_REPR_MAX];
+    n = cs_float_repr(d, shortest);
+    if (n > 0) {
+        return cs_buf_append(out, shortest, n);
     }
     char *s = PyOS_double_to_string(d, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
     if (s == NULL) {

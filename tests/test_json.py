@@ -13,6 +13,7 @@ import enum
 import json
 import math
 import random
+import struct
 import sys
 import types
 
@@ -219,13 +220,20 @@ def test_dumps_astral_sample(run, same_outcome):
 
 
 def test_dumps_many_floats_repr():
+    # Floats are written from std::to_chars's shortest digits in float.__repr__'s layout
+    # (src/float_repr.h): digits and layout must both be repr's, on any bit pattern.
     rnd = random.Random(1234)
-    values = []
-    for _ in range(5000):
-        bits = rnd.getrandbits(64)
-        values.append(__import__("struct").unpack("<d", bits.to_bytes(8, "little"))[0])
+    values = [v for v in struct.unpack(f"<{200_000}d", rnd.randbytes(8 * 200_000)) if math.isfinite(v)]
     values += [rnd.uniform(-1e6, 1e6) for _ in range(2000)]
     values += [float(rnd.randint(-(2**60), 2**60)) for _ in range(1000)]
+    values += [round(rnd.random() * 10 ** rnd.randrange(-8, 22), rnd.randrange(18)) for _ in range(5000)]
+    # Where the layout changes (decimal exponent -4 and 16), the ends of the range, and
+    # every power of two and of ten with its neighbours.
+    edges = [0.0, -0.0, 1e16, 1e16 - 2, 1.5e16, 9999999999999998.0, 1e-4, 1e-5, 9.999999999999999e-05,
+             5e-324, 2.2250738585072014e-308, 1.7976931348623157e308, 1e22, 1e23]
+    edges += [2.0**e for e in range(-1074, 1024)] + [10.0**e for e in range(-323, 309)]
+    edges += [f(x, d) for x in list(edges) for f, d in ((math.nextafter, math.inf), (math.nextafter, -math.inf))]
+    values += [x for x in edges if math.isfinite(x)] + [-x for x in edges if math.isfinite(x)]
     assert _core.json_dumps(values) == oracle_dumps(values)
 
 
