@@ -28,10 +28,15 @@ DEBUG = os.environ.get("CSESSIONS_DEBUG") == "1"
 SANITIZE = os.environ.get("CSESSIONS_SANITIZE") == "1"
 
 
-def _probe(compiler, header, lib):
-    """True if `#include <header>` compiles and links against -l<lib>."""
-    src = f"#include <{header}>\nint main(void) {{ return 0; }}\n"
-    cxx = header == "simdjson.h"
+# float_repr.cpp needs std::to_chars for double: libstdc++ of GCC 11 or later.
+TO_CHARS_PROBE = ("#include <charconv>\nint main(void) { char b[32]; double d = 0.5;\n"
+                  "  return std::to_chars(b, b + 32, d, std::chars_format::scientific).ptr == b; }\n")
+
+
+def _probe(compiler, header, lib, src=None):
+    """True if `#include <header>` (or src) compiles and links against -l<lib>."""
+    src = src or f"#include <{header}>\nint main(void) {{ return 0; }}\n"
+    cxx = header in ("simdjson.h", "charconv")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "probe.cpp" if cxx else "probe.c")
         with open(path, "w") as f:
@@ -52,6 +57,9 @@ class BuildExt(build_ext):
                 f"    apt-get install {' '.join(missing)}\n"
                 "(or simply `make test`, which installs them)"
             )
+        if not _probe(self.compiler, "charconv", "stdc++", TO_CHARS_PROBE):
+            sys.exit("csessions: cannot build, the C++ compiler lacks std::to_chars for double "
+                     "(g++ 11 or later; Debian 12 has 12)")
         # The C++ wrappers need C++17; the C sources must not see that flag.
         original = self.compiler._compile
 

@@ -235,6 +235,8 @@ def test_dumps_many_floats_repr():
     edges += [f(x, d) for x in list(edges) for f, d in ((math.nextafter, math.inf), (math.nextafter, -math.inf))]
     values += [x for x in edges if math.isfinite(x)] + [-x for x in edges if math.isfinite(x)]
     assert _core.json_dumps(values) == oracle_dumps(values)
+    keys = {v: 0 for v in values[::7] + edges}  # a float key is written as its repr, quoted
+    assert _core.json_dumps(keys) == oracle_dumps(keys)
 
 
 def test_dumps_dict_subclass_items_override(run, same_outcome):
