@@ -319,6 +319,13 @@ order_for(uint64_t bytes)
     return o;
 }
 
+/* The block order an entry of this key and value takes (above top_order: too large). */
+static unsigned
+entry_order(Py_ssize_t klen, Py_ssize_t vlen)
+{
+    return order_for(sizeof(shm_entry) + (uint64_t)klen + (uint64_t)vlen);
+}
+
 static uint32_t
 clamp_time(long long t)
 {
@@ -1902,12 +1909,12 @@ put_impl(ShmStore *s, PyObject *key, const char *v, Py_ssize_t vlen, PyObject *c
     if (as_key(key, &k, &klen) < 0) {
         return NULL;
     }
-    uint64_t need = sizeof(shm_entry) + (uint64_t)klen + (uint64_t)vlen;
-    unsigned order = order_for(need);
+    unsigned order = entry_order(klen, vlen);
     if (order > s->top_order) {
         shm_raise(s, PyExc_ValueError, "an entry of %llu bytes (value %zd, key %zd, header "
                   "%zu) is larger than the largest the store accepts (%u bytes)",
-                  (unsigned long long)need, vlen, klen, sizeof(shm_entry), 1u << s->top_order);
+                  (unsigned long long)(sizeof(shm_entry) + (uint64_t)klen + (uint64_t)vlen),
+                  vlen, klen, sizeof(shm_entry), 1u << s->top_order);
         return NULL;
     }
     /* Hashed before the lock is taken: the stripe is held no longer than without it. */
@@ -2048,8 +2055,7 @@ store_put_packed(ShmStore *s, PyObject *const *args, Py_ssize_t nargs)
     }
     Py_ssize_t klen = (PyBytes_Check(args[0]) ? PyBytes_GET_SIZE(args[0])
                        : PyUnicode_Check(args[0]) ? PyUnicode_GET_LENGTH(args[0]) : 0);
-    if (out.len > limit ||
-        order_for(sizeof(shm_entry) + (uint64_t)klen + (uint64_t)out.len) > s->top_order) {
+    if (out.len > limit || entry_order(klen, out.len) > s->top_order) {
         result = PyBytes_FromStringAndSize(out.data, out.len);
         goto done;
     }
