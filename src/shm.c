@@ -1872,6 +1872,28 @@ store_get_unpacked(ShmStore *s, PyObject *const *args, Py_ssize_t nargs)
     return get_impl(s, args, nargs, "get_unpacked", 1);
 }
 
+/* prefetch(key) -> None: asks the CPU for the cache line of the key's bucket, taking no lock
+ * and reading nothing, so that a get() some time later finds it in cache instead of paying a
+ * DRAM miss (in a big store). Advisory: a key the store cannot hold, or a closed store, is
+ * not an error here; get() reports it. */
+static PyObject *
+store_prefetch(ShmStore *s, PyObject *key)
+{
+    const char *k;
+    Py_ssize_t klen;
+    shm_ctx c;
+    if (s->closing || s->base == NULL) {
+        Py_RETURN_NONE;
+    }
+    if (as_key(key, &k, &klen) < 0) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    ctx_init(s, &c, key_hash(s, k, (size_t)klen));
+    __builtin_prefetch(&c.bk[c.bucket]);
+    Py_RETURN_NONE;
+}
+
 /* For the crash tests only: with die_at > 0, the process _exit()s at that point of a put,
  * as a SIGKILL would stop it there: 1 holding the lock, 2 with the new entry half written,
  * 3 after publishing it, before the LRU list and the old block are updated; 4 stops it
@@ -2412,6 +2434,9 @@ static PyMethodDef store_methods[] = {
      "get(key, now) -> str | None: the value, or None if absent or expired (reclaimed then). "
      "Every time argument (now, expires) is in seconds since the epoch, an int or a float "
      "(floored)."},
+    {"prefetch", (PyCFunction)store_prefetch, METH_O,
+     "prefetch(key) -> None: asks the CPU for the key's bucket ahead of a get (advisory: "
+     "takes no lock, reads nothing, raises nothing)"},
     {"get_unpacked", (PyCFunction)(void (*)(void))store_get_unpacked, METH_FASTCALL,
      "get_unpacked(key, now) -> dict | str | None: get(), but a value in csessions' packed "
      "form of a dict (src/pack.h) comes back unpacked; any other value, or one that does not "

@@ -165,12 +165,17 @@ def store():
             handle = _stores[key] = _core.ShmStore(key[0], key[1], lock_timeout=key[2],
                                                    path=key[3])
         _current = handle
+        # The middleware makes the SessionStore when a request starts and the view reads it
+        # later: meanwhile the CPU fetches the key's bucket, one of a lookup's two DRAM misses
+        # in a big store (the other, the entry, needs the bucket's contents).
+        SessionStore._cs_prefetch = handle.prefetch
     return _current
 
 
 def _forget(**kwargs):
     global _current
     _current = None
+    SessionStore._cs_prefetch = None
 
 
 setting_changed.connect(_forget)
