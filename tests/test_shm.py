@@ -852,15 +852,15 @@ def test_settings_changes_are_followed(engine, name):
 def test_engine_prefetches_the_key_it_is_given(engine, name, monkeypatch):
     """SessionStore(key) asks the open store of the current settings to fetch the key's
     bucket ahead of load(): only with a key, never an error, and nothing in the store moves."""
-    assert engine.SessionStore._cs_prefetch is None  # no store opened under these settings yet
+    assert engine.SessionStore._cs_prefetch == []  # no store opened under these settings yet
     store = engine.store()
-    assert engine.SessionStore._cs_prefetch == store.prefetch
+    assert engine.SessionStore._cs_prefetch == [store.prefetch]
     before = store.stats()
     for k in (key(1), "caf\u00e9" * 8, "k" * 300, b"b" * 32, 42, None):
         assert store.prefetch(k) is None
     assert store.stats() == before
     asked = []
-    monkeypatch.setattr(engine.SessionStore, "_cs_prefetch", asked.append)
+    monkeypatch.setattr(engine.SessionStore, "_cs_prefetch", [asked.append])
     for k in (key(1), None, "", "caf\u00e9" * 8):
         engine.SessionStore(k)
     assert asked == [key(1), "caf\u00e9" * 8]
@@ -868,8 +868,8 @@ def test_engine_prefetches_the_key_it_is_given(engine, name, monkeypatch):
     other = unique_name()
     try:
         with override_settings(CSESSIONS_SHM_NAME=other):
-            assert engine.SessionStore._cs_prefetch is None  # the old store's hint is dropped
-            assert engine.store().prefetch == engine.SessionStore._cs_prefetch
+            assert engine.SessionStore._cs_prefetch == []  # the old store's is dropped
+            assert [engine.store().prefetch] == engine.SessionStore._cs_prefetch
             engine.store().close()
             assert engine.store().prefetch(key(1)) is None  # closed: still no error
     finally:

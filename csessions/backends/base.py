@@ -29,8 +29,9 @@ class CSessionMixin:
                 session_key if session_key and len(session_key) >= 8 else None)
         else:
             self._session_key = session_key
-        if session_key and self._cs_prefetch is not None:
-            self._cs_prefetch(session_key)
+        prefetch = self._cs_prefetch
+        if prefetch and session_key:
+            prefetch[0](session_key)
         self.accessed = False
         self.modified = False
         try:  # LazySettings' cache, without setting()'s Python call (see conf.py)
@@ -49,9 +50,11 @@ class CSessionMixin:
     # The fast paths here and in the engines skip calls that a subclass (or a mixin listed
     # before ours) may change; a class that changes one gets the plain calls. Set per class,
     # compared as resolved through the MRO.
-    # A C callable given the key of every instance made with one, to start fetching its entry
-    # from the store ahead of load() (shm: the bucket; see shm.store()). None: nothing to do.
-    _cs_prefetch = None
+    # [a C callable] given the key of every instance made with one, to start fetching its
+    # entry from the store ahead of load() (shm: the bucket; see shm.store()). A list filled
+    # and emptied in place: assigning a class attribute would reset the interpreter's
+    # attribute caches of every class under it.
+    _cs_prefetch = ()
     _cs_plain_key = True  # __init__ may check the key inline
     _cs_plain_session = True  # the dict and key may be read without _session, _get_session,
     # get or session_key

@@ -93,6 +93,7 @@ class SessionTooLarge(ValueError):
 
 _stores = {}  # (name, size, lock timeout) -> ShmStore; one mapping per segment and process
 _current = None  # the ShmStore of the current settings, until a setting changes
+_prefetch = []  # [_current.prefetch] while _current is set: SessionStore._cs_prefetch
 _test_segments = set()
 
 
@@ -168,14 +169,14 @@ def store():
         # The middleware makes the SessionStore when a request starts and the view reads it
         # later: meanwhile the CPU fetches the key's bucket, one of a lookup's two DRAM misses
         # in a big store (the other, the entry, needs the bucket's contents).
-        SessionStore._cs_prefetch = handle.prefetch
+        _prefetch[:] = [handle.prefetch]
     return _current
 
 
 def _forget(**kwargs):
     global _current
     _current = None
-    SessionStore._cs_prefetch = None
+    _prefetch.clear()
 
 
 setting_changed.connect(_forget)
@@ -247,6 +248,8 @@ def _corrupted():
 
 
 class SessionStore(CSessionMixin, SessionBase):
+    _cs_prefetch = _prefetch
+
     def _pack(self, session_dict):
         return pack_value(session_dict, self.serializer)
 
