@@ -742,6 +742,73 @@ def test_engine_save_uses_a_subclass_own_session_key(engine):
     assert engine.SessionStore(saved.session_key)["n"] == 2
 
 
+def test_engine_create_asks_a_subclass_for_keys(engine):
+    """create() draws keys in C and lets add() detect a collision, but a class with its own
+    _get_new_session_key or exists() is asked, as Django's create() asks it."""
+    taken = engine.SessionStore()
+    taken.create()
+    asked = []
+
+    class OwnKeys(engine.SessionStore):
+        __qualname__ = "SessionStore"
+
+        def _get_new_session_key(self):
+            return f"own{len(asked):029d}"
+
+        def exists(self, session_key):
+            asked.append(session_key)
+            return super().exists(session_key)
+
+    class OwnExists(engine.SessionStore):
+        __qualname__ = "SessionStore"
+
+        def exists(self, session_key):
+            asked.append(session_key)
+            return session_key == taken.session_key or super().exists(session_key)
+
+    s = OwnKeys()
+    s["a"] = 1
+    s.save()
+    assert s.session_key == "own" + "0" * 29 and engine.SessionStore(s.session_key)["a"] == 1
+    assert not asked  # OwnKeys' own _get_new_session_key does not call exists()
+    del asked[:]
+    s = OwnExists()
+    s.create()
+    assert asked == [s.session_key] and engine.SessionStore(s.session_key).exists(s.session_key)
+    asked.clear()
+    s = engine.SessionStore()
+    s.create()  # ours: no lookup before the atomic add()
+    assert engine.SessionStore._cs_plain_keys and not OwnExists._cs_plain_keys
+
+
+def test_engine_acreate_calls_a_subclass_async_hooks(engine):
+    calls = []
+
+    class Hooked(engine.SessionStore):
+        __qualname__ = "SessionStore"
+
+        async def _aget_new_session_key(self):
+            calls.append("key")
+            return await super()._aget_new_session_key()
+
+        async def asave(self, must_create=False):
+            calls.append(("asave", must_create))
+            return await super().asave(must_create)
+
+    async def go():
+        s = Hooked()
+        await s.aset("a", 1)
+        await s.acreate()
+        assert calls == ["key", ("asave", True)] and s.modified
+        assert engine.SessionStore(s.session_key)["a"] == 1
+        plain = engine.SessionStore()
+        await plain.acreate()
+        assert await engine.SessionStore().aexists(plain.session_key)  # saved, empty
+
+    asyncio.run(go())
+    assert engine.SessionStore._cs_plain_acreate and not Hooked._cs_plain_acreate
+
+
 def test_engine_clear_expired(engine):
     for age in (-5, -5, 300):
         s = engine.SessionStore()

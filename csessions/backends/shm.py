@@ -249,6 +249,17 @@ def _corrupted():
 
 class SessionStore(CSessionMixin, SessionBase):
     _cs_prefetch = _prefetch
+    _cs_plain_keys = True  # create() may draw keys itself (see __init_subclass__)
+    _cs_plain_acreate = True  # acreate() may run create()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        mine = SessionStore.__dict__
+        cls._cs_plain_keys = (cls._get_new_session_key is CSessionMixin._get_new_session_key
+                              and cls.exists is mine["exists"])
+        cls._cs_plain_acreate = cls._cs_plain_keys and all(
+            getattr(cls, name) is getattr(SessionStore, name)
+            for name in ("_aget_new_session_key", "aexists", "asave", "create", "save"))
 
     def _pack(self, session_dict):
         return pack_value(session_dict, self.serializer)
@@ -282,8 +293,11 @@ class SessionStore(CSessionMixin, SessionBase):
             return False
 
     def create(self):
+        # add() is atomic, so a new key needs no exists() lookup first; a class that draws its
+        # keys or answers exists() its own way gets Django's _get_new_session_key instead.
+        new_key = _core.new_session_key if self._cs_plain_keys else self._get_new_session_key
         for _ in range(CREATE_TRIES):
-            self._session_key = _core.new_session_key()
+            self._session_key = new_key()
             try:
                 self.save(must_create=True)
             except CreateError:
@@ -360,7 +374,8 @@ class SessionStore(CSessionMixin, SessionBase):
         store().sweep(_now())
 
     # The store answers in about a microsecond and never does I/O, so the async twins run
-    # directly in the event loop instead of going through a thread (sync_to_async, ~100 us).
+    # the sync methods directly in the event loop instead of going through a thread
+    # (sync_to_async, ~100 us); acreate() goes Django's way for a class with its own hooks.
 
     async def aload(self):
         return self.load()
@@ -369,7 +384,18 @@ class SessionStore(CSessionMixin, SessionBase):
         return self.exists(session_key)
 
     async def acreate(self):
-        return self.create()
+        if self._cs_plain_acreate:
+            return self.create()
+        # A class with its own key drawing or saving: Django's acreate(), which calls them.
+        for _ in range(CREATE_TRIES):
+            self._session_key = await self._aget_new_session_key()
+            try:
+                await self.asave(must_create=True)
+            except CreateError:
+                continue
+            self.modified = True
+            return
+        raise RuntimeError(CREATE_FAILED)
 
     async def asave(self, must_create=False):
         return self.save(must_create)
