@@ -117,7 +117,7 @@ SCRIPT = textwrap.dedent(
         STORE.put("3" * 32, PACKED[:-3], now + 60, now, 0)
         assert type(STORE.get_unpacked("3" * 32, now)) is str  # malformed: handed back
         assert STORE.get_unpacked("4" * 32, now) is None
-        for k in ("1" * 32, "\u00e9" * 32, "k" * 300, 42):
+        for k in ("1" * 32, "\u00e9" * 32, "k" * 300, b"1" * 32, 42, None):
             STORE.prefetch(k)  # errors are swallowed: nothing may leak with them
 
     def cookie_roundtrip():

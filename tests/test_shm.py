@@ -932,6 +932,15 @@ def test_engine_prefetches_the_key_it_is_given(engine, name, monkeypatch):
         engine.SessionStore(k)
     assert asked == [key(1), "caf\u00e9" * 8]
     monkeypatch.undo()
+    for k in ("caf\u00e9" * 8, "k" * 300, b"b" * 32, "short"):  # through the real hook
+        assert engine.SessionStore(k).load() == {}
+    assert store.stats()["hits"] == before["hits"]
+    fresh = engine.recreate()
+    assert fresh is not store and engine.SessionStore._cs_prefetch == [fresh.prefetch]
+    from csessions.backends import cache, cached_db, db, file, signed_cookies
+
+    for other_engine in (cache, cached_db, db, file, signed_cookies):
+        assert not other_engine.SessionStore._cs_prefetch
     other = unique_name()
     try:
         with override_settings(CSESSIONS_SHM_NAME=other):

@@ -47,14 +47,15 @@ class CSessionMixin:
     # SessionBase._get_session_key's Python call (several a request).
     session_key = property(operator.attrgetter("_SessionBase__session_key"))
     _session_key = property(session_key.fget, SessionBase._set_session_key)
+    # [a C callable] given the key of every instance made with one, to start fetching its
+    # entry from the store ahead of load() (shm: the bucket; see shm.store()). A list filled
+    # and emptied in place: assigning a class attribute invalidates the interpreter's
+    # attribute caches of the class and every subclass (and from Python 3.13, after 1,000
+    # such changes, disables them for the class for good).
+    _cs_prefetch = ()
     # The fast paths here and in the engines skip calls that a subclass (or a mixin listed
     # before ours) may change; a class that changes one gets the plain calls. Set per class,
     # compared as resolved through the MRO.
-    # [a C callable] given the key of every instance made with one, to start fetching its
-    # entry from the store ahead of load() (shm: the bucket; see shm.store()). A list filled
-    # and emptied in place: assigning a class attribute would reset the interpreter's
-    # attribute caches of every class under it.
-    _cs_prefetch = ()
     _cs_plain_key = True  # __init__ may check the key inline
     _cs_plain_session = True  # the dict and key may be read without _session, _get_session,
     # get or session_key

@@ -198,6 +198,7 @@ def recreate():
     for key in [k for k in _stores if k[0] == name and k[3] == path]:
         _stores.pop(key).close()
     _current = None
+    _prefetch.clear()
     _unlink(name, path)
     return store()
 
