@@ -13,7 +13,7 @@ PY313 ?= $(firstword $(wildcard $(PYENV_ROOT)/versions/3.13.*/bin/python3.13) $(
 DJANGO_52 := 5.2.19
 DJANGO_61 := 6.1.3
 DJANGO_60 := 6.0.10
-DEB_PACKAGES := build-essential pkg-config libsodium-dev libsimdjson-dev zlib1g-dev libssl-dev valgrind strace \
+DEB_PACKAGES := build-essential pkg-config python3-dev python3-venv libsodium-dev libsimdjson-dev zlib1g-dev libssl-dev valgrind strace \
 	postgresql redis-server memcached
 
 VENV := .venv
@@ -34,7 +34,8 @@ deps:
 
 # venv name, interpreter, Django version
 define make_venv
-	@test -x $(1)/bin/python || $(2) -m venv $(1)
+	@test -x $(1)/bin/python || { test -n "$(2)" || { echo "make: no Python interpreter for $(1):" \
+	  "install it with pyenv or put it on the PATH (README, Development)" >&2; exit 1; }; $(2) -m venv $(1); }
 	@$(1)/bin/python -m pip install -q --disable-pip-version-check "setuptools>=77" wheel "django==$(3)" \
 	  "pytest>=8" "hypothesis>=6.100" "psycopg[binary]>=3.1" "redis>=5" "django-redis>=5.4" "pymemcache>=4" 2>&1 | grep -v "^WARNING: Location" || true
 endef

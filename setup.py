@@ -45,7 +45,11 @@ def _probe(compiler, header, lib, src=None):
         cmd = [cc, path, "-o", os.path.join(tmp, "probe"), f"-l{lib}"]
         if cxx:
             cmd.insert(1, "-std=c++17")
-        return subprocess.run(cmd, capture_output=True).returncode == 0
+        try:
+            return subprocess.run(cmd, capture_output=True).returncode == 0
+        except FileNotFoundError:  # no compiler at all
+            sys.exit(f"csessions: cannot build, no {cc} found. As root, run:\n"
+                     "    apt-get install build-essential")
 
 
 class BuildExt(build_ext):
