@@ -1713,7 +1713,7 @@ as_bytes(PyObject *obj, const char *what, const char **ptr, Py_ssize_t *len)
         return 0;
     }
     PyErr_Format(PyExc_TypeError, "ShmStore: %s must be bytes or an ASCII str, not %.80s", what,
-                 Py_TYPE(obj)->tp_name);
+                 PyUnicode_Check(obj) ? "a str with non-ASCII characters" : Py_TYPE(obj)->tp_name);
     return -1;
 }
 

@@ -15,6 +15,7 @@ import secrets
 import signal
 import stat
 import struct
+import threading
 import time
 from pathlib import Path
 
@@ -742,9 +743,10 @@ def test_engine_save_uses_a_subclass_own_session_key(engine):
     assert engine.SessionStore(saved.session_key)["n"] == 2
 
 
-def test_engine_create_asks_a_subclass_for_keys(engine):
-    """create() draws keys in C and lets add() detect a collision, but a class with its own
-    _get_new_session_key or exists() is asked, as Django's create() asks it."""
+def test_engine_create_asks_a_subclass_for_keys(engine, monkeypatch):
+    """create() draws keys in C and lets the atomic add() detect a collision, but a class
+    (or a patch) with its own _get_new_session_key or exists() is asked, as Django's create()
+    asks it; a key the store can never hold is an error at once, not 10,000 retries."""
     taken = engine.SessionStore()
     taken.create()
     asked = []
@@ -755,10 +757,6 @@ def test_engine_create_asks_a_subclass_for_keys(engine):
         def _get_new_session_key(self):
             return f"own{len(asked):029d}"
 
-        def exists(self, session_key):
-            asked.append(session_key)
-            return super().exists(session_key)
-
     class OwnExists(engine.SessionStore):
         __qualname__ = "SessionStore"
 
@@ -766,22 +764,50 @@ def test_engine_create_asks_a_subclass_for_keys(engine):
             asked.append(session_key)
             return session_key == taken.session_key or super().exists(session_key)
 
+    class Deeper(OwnExists):
+        __qualname__ = "SessionStore"
+
     s = OwnKeys()
     s["a"] = 1
     s.save()
     assert s.session_key == "own" + "0" * 29 and engine.SessionStore(s.session_key)["a"] == 1
-    assert not asked  # OwnKeys' own _get_new_session_key does not call exists()
+    for cls in (OwnExists, Deeper):
+        del asked[:]
+        s = cls()
+        s.create()
+        assert asked == [s.session_key] and engine.SessionStore().exists(s.session_key)
+    # The first key drawn is taken (exists() says so): Django's loop draws another.
+    drawn = iter([taken.session_key, "fresh" + "0" * 27])
+    monkeypatch.setattr(engine._core, "new_session_key", lambda: next(drawn))
     del asked[:]
     s = OwnExists()
     s.create()
-    assert asked == [s.session_key] and engine.SessionStore(s.session_key).exists(s.session_key)
-    asked.clear()
-    s = engine.SessionStore()
-    s.create()  # ours: no lookup before the atomic add()
-    assert engine.SessionStore._cs_plain_keys and not OwnExists._cs_plain_keys
+    assert s.session_key == "fresh" + "0" * 27 and asked == [taken.session_key, s.session_key]
+    # A patch after import is followed too: this plain class now asks the patched exists().
+    monkeypatch.setattr(engine._core, "new_session_key", lambda: "patched" + "0" * 25)
+    monkeypatch.setattr(engine.SessionStore, "exists", lambda self, k: asked.append(k) or False)
+    del asked[:]
+    engine.SessionStore().create()
+    assert asked == ["patched" + "0" * 25]
+    monkeypatch.undo()
+    for bad, error in (("caf\u00e9" * 8, TypeError), ("k" * 300, ValueError)):
+        class Unstorable(engine.SessionStore):
+            __qualname__ = "SessionStore"
+
+            def _get_new_session_key(self, bad=bad):
+                asked.append(bad)
+                return bad
+
+        del asked[:]
+        with pytest.raises(error, match="ShmStore"):
+            Unstorable().create()
+        assert len(asked) == 1  # not retried
 
 
-def test_engine_acreate_calls_a_subclass_async_hooks(engine):
+def test_engine_async_twins_call_a_subclass_hooks(engine):
+    """The async methods run csessions' own sync code in the event loop; a subclass's own sync
+    method runs in a thread (it may use the ORM), as SessionBase runs it; acreate() follows
+    Django's engines (_aget_new_session_key, then asave) once a class has its own hooks."""
     calls = []
 
     class Hooked(engine.SessionStore):
@@ -795,7 +821,19 @@ def test_engine_acreate_calls_a_subclass_async_hooks(engine):
             calls.append(("asave", must_create))
             return await super().asave(must_create)
 
+    class SyncOwn(engine.SessionStore):
+        __qualname__ = "SessionStore"
+
+        def exists(self, session_key):
+            calls.append(("exists", threading.get_ident()))
+            return super().exists(session_key)
+
+        def load(self):
+            calls.append(("load", threading.get_ident()))
+            return super().load()
+
     async def go():
+        loop_thread = threading.get_ident()
         s = Hooked()
         await s.aset("a", 1)
         await s.acreate()
@@ -804,9 +842,14 @@ def test_engine_acreate_calls_a_subclass_async_hooks(engine):
         plain = engine.SessionStore()
         await plain.acreate()
         assert await engine.SessionStore().aexists(plain.session_key)  # saved, empty
+        del calls[:]
+        own = SyncOwn()
+        await own.acreate()  # Django's loop: aexists -> the subclass's exists, in a thread
+        assert await SyncOwn(own.session_key).aload() == {}
+        assert [c[0] for c in calls] == ["exists", "load"]
+        assert all(thread != loop_thread for _, thread in calls)
 
     asyncio.run(go())
-    assert engine.SessionStore._cs_plain_acreate and not Hooked._cs_plain_acreate
 
 
 def test_engine_clear_expired(engine):

@@ -56,6 +56,7 @@ import logging
 import os
 import time
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.sessions.backends.base import CreateError, SessionBase, UpdateError
 from django.core.signals import setting_changed
@@ -248,19 +249,30 @@ def _corrupted():
     return {}
 
 
+def _own(obj, names):
+    """True if each of names resolves, on obj's class, to csessions' own method: not a
+    subclass's, a mixin's, or a patch applied after import. Asked at call time, off the
+    request's hot path (create), or where the alternative costs a thread (the async twins)."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    for name in names:
+        attr = getattr(cls, name)
+        if getattr(attr, "__func__", attr) is not _OWN[name]:  # __func__: a classmethod's
+            return False
+    return True
+
+
+async def _run_sync(obj, name, *args):
+    """obj's sync method `name`, from its async twin: csessions' own runs right here in the
+    event loop (the store does no I/O: ~1 us); a subclass's or a patch's in a thread through
+    sync_to_async, as SessionBase's async methods run it (it may use the ORM)."""
+    method = getattr(obj, name)
+    if _own(obj, (name,)):
+        return method(*args)
+    return await sync_to_async(method)(*args)
+
+
 class SessionStore(CSessionMixin, SessionBase):
     _cs_prefetch = _prefetch
-    _cs_plain_keys = True  # create() may draw keys itself (see __init_subclass__)
-    _cs_plain_acreate = True  # acreate() may run create()
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        mine = SessionStore.__dict__
-        cls._cs_plain_keys = (cls._get_new_session_key is CSessionMixin._get_new_session_key
-                              and cls.exists is mine["exists"])
-        cls._cs_plain_acreate = cls._cs_plain_keys and all(
-            getattr(cls, name) is getattr(SessionStore, name)
-            for name in ("_aget_new_session_key", "aexists", "asave", "create", "save"))
 
     def _pack(self, session_dict):
         return pack_value(session_dict, self.serializer)
@@ -296,7 +308,10 @@ class SessionStore(CSessionMixin, SessionBase):
     def create(self):
         # add() is atomic, so a new key needs no exists() lookup first; a class that draws its
         # keys or answers exists() its own way gets Django's _get_new_session_key instead.
-        new_key = _core.new_session_key if self._cs_plain_keys else self._get_new_session_key
+        if _own(self, ("_get_new_session_key", "exists")):
+            new_key = _core.new_session_key
+        else:
+            new_key = self._get_new_session_key
         for _ in range(CREATE_TRIES):
             self._session_key = new_key()
             try:
@@ -349,12 +364,14 @@ class SessionStore(CSessionMixin, SessionBase):
         try:
             stored = handle.put(key, value, expires, now, mode)
         except TypeError:  # a key the store cannot hold: it cannot exist there either
+            if must_create:
+                raise  # a new key it can never store: create() must not retry it 10,000 times
             stored = False
         except ValueError:  # put() checks before it changes anything
             size = handle.entry_overhead + len(key) + len(value)
             if size > handle.max_entry:
                 raise SessionTooLarge(size, handle.max_entry, handle.name) from None
-            if len(key) <= 255:
+            if len(key) <= 255 or must_create:
                 raise
             stored = False
         if not stored:
@@ -376,18 +393,19 @@ class SessionStore(CSessionMixin, SessionBase):
 
     # The store answers in about a microsecond and never does I/O, so the async twins run
     # the sync methods directly in the event loop instead of going through a thread
-    # (sync_to_async, ~100 us); acreate() goes Django's way for a class with its own hooks.
+    # (sync_to_async, ~100 us), unless a subclass has its own (_run_sync); acreate() goes
+    # Django's way (_aget_new_session_key, asave) for a class with its own hooks.
 
     async def aload(self):
-        return self.load()
+        return await _run_sync(self, "load")
 
     async def aexists(self, session_key):
-        return self.exists(session_key)
+        return await _run_sync(self, "exists", session_key)
 
     async def acreate(self):
-        if self._cs_plain_acreate:
+        if _own(self, ("create", "save", "exists", "_get_new_session_key", "asave", "aexists",
+                       "_aget_new_session_key")):
             return self.create()
-        # A class with its own key drawing or saving: Django's acreate(), which calls them.
         for _ in range(CREATE_TRIES):
             self._session_key = await self._aget_new_session_key()
             try:
@@ -399,11 +417,17 @@ class SessionStore(CSessionMixin, SessionBase):
         raise RuntimeError(CREATE_FAILED)
 
     async def asave(self, must_create=False):
-        return self.save(must_create)
+        return await _run_sync(self, "save", must_create)
 
     async def adelete(self, session_key=None):
-        return self.delete(session_key)
+        return await _run_sync(self, "delete", session_key)
 
     @classmethod
     async def aclear_expired(cls):
-        return cls.clear_expired()
+        return await _run_sync(cls, "clear_expired")
+
+
+_OWN = {name: getattr(SessionStore, name) for name in (
+    "load", "exists", "create", "save", "delete", "_get_new_session_key", "aexists", "asave",
+    "_aget_new_session_key")}
+_OWN["clear_expired"] = SessionStore.clear_expired.__func__
