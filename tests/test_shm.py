@@ -852,6 +852,63 @@ def test_engine_async_twins_call_a_subclass_hooks(engine):
     asyncio.run(go())
 
 
+def test_engine_own_code_runs_in_the_loop_and_a_subclass_in_a_thread(engine, monkeypatch):
+    threaded = []
+    real = engine.sync_to_async
+    monkeypatch.setattr(engine, "sync_to_async",
+                        lambda fn: threaded.append(getattr(fn, "__name__", fn)) or real(fn))
+    lookups = []
+    engine.store()  # opened: from here on only exists() asks store() for it
+    real_store = engine.store
+    monkeypatch.setattr(engine, "store", lambda: lookups.append(1) or real_store())
+
+    class OwnDelete(engine.SessionStore):
+        __qualname__ = "SessionStore"
+
+        def delete(self, session_key=None):
+            return super().delete(session_key)
+
+        @classmethod
+        def clear_expired(cls):
+            return super().clear_expired()
+
+    class OwnExpiry(engine.SessionStore):
+        __qualname__ = "SessionStore"
+
+        def get_expiry_age(self, **kwargs):
+            return 60
+
+    async def go():
+        s = engine.SessionStore()
+        await s.aset("a", 1)
+        await s.asave()  # no key: acreate(), ours, without a lookup before the atomic add()
+        assert not lookups
+        await s.aset("a", 2)
+        await s.asave()
+        assert (await engine.SessionStore(s.session_key).aload())["a"] == 2
+        await s.adelete()
+        await engine.SessionStore.aclear_expired()
+        assert threaded == []  # all of it csessions' own: in the loop, no thread
+        d = OwnDelete()
+        await d.acreate()  # delete is not among create's calls: still in the loop
+        assert threaded == []
+        await d.adelete()
+        await OwnDelete.aclear_expired()
+        assert threaded == ["delete", "clear_expired"]
+        del threaded[:]
+        e = OwnExpiry()
+        await e.aset("a", 1)
+        await e.asave()  # save() asks the subclass's get_expiry_age: acreate's loop, a thread
+        assert threaded == ["save"]
+
+    asyncio.run(go())
+    asked = []
+    s = engine.SessionStore()
+    s.exists = lambda k: asked.append(k) or False  # a patch of one instance is followed too
+    s.create()
+    assert asked == [s.session_key]
+
+
 def test_engine_clear_expired(engine):
     for age in (-5, -5, 300):
         s = engine.SessionStore()

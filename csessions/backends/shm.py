@@ -250,10 +250,16 @@ def _corrupted():
 
 
 def _own(obj, names):
-    """True if each of names resolves, on obj's class, to csessions' own method: not a
-    subclass's, a mixin's, or a patch applied after import. Asked at call time, off the
-    request's hot path (create), or where the alternative costs a thread (the async twins)."""
-    cls = obj if isinstance(obj, type) else type(obj)
+    """True if each of names resolves, on obj (an instance or a class), to csessions' own
+    method: not a subclass's, a mixin's, or a patch applied after import, on the class or on
+    the instance. Asked at call time, off the request's hot path (create), or where the
+    alternative costs a thread (the async twins)."""
+    if isinstance(obj, type):
+        cls = obj
+    else:
+        cls = type(obj)
+        if any(name in vars(obj) for name in names):
+            return False
     for name in names:
         attr = getattr(cls, name)
         if getattr(attr, "__func__", attr) is not _OWN[name]:  # __func__: a classmethod's
@@ -261,14 +267,19 @@ def _own(obj, names):
     return True
 
 
-async def _run_sync(obj, name, *args):
-    """obj's sync method `name`, from its async twin: csessions' own runs right here in the
-    event loop (the store does no I/O: ~1 us); a subclass's or a patch's in a thread through
-    sync_to_async, as SessionBase's async methods run it (it may use the ORM)."""
-    method = getattr(obj, name)
-    if _own(obj, (name,)):
+async def _run_sync(obj, names, *args):
+    """obj's sync method names[0], from its async twin: csessions' own runs right here in the
+    event loop (the store does no I/O: ~1 us) when the methods it calls, the rest of names,
+    are csessions' own too; otherwise in a thread through sync_to_async, as SessionBase's async
+    methods run it (a subclass's may use the ORM)."""
+    method = getattr(obj, names[0])
+    if _own(obj, names):
         return method(*args)
     return await sync_to_async(method)(*args)
+
+
+# What save() may call besides the store, where a subclass could put its own code.
+_SAVE_CALLS = ("save", "load", "_get_session", "get_expiry_age", "get_session_cookie_age")
 
 
 class SessionStore(CSessionMixin, SessionBase):
@@ -397,14 +408,14 @@ class SessionStore(CSessionMixin, SessionBase):
     # Django's way (_aget_new_session_key, asave) for a class with its own hooks.
 
     async def aload(self):
-        return await _run_sync(self, "load")
+        return await _run_sync(self, ("load",))
 
     async def aexists(self, session_key):
-        return await _run_sync(self, "exists", session_key)
+        return await _run_sync(self, ("exists",), session_key)
 
     async def acreate(self):
-        if _own(self, ("create", "save", "exists", "_get_new_session_key", "asave", "aexists",
-                       "_aget_new_session_key")):
+        if _own(self, ("create", "exists", "_get_new_session_key", "asave", "aexists",
+                       "_aget_new_session_key") + _SAVE_CALLS):
             return self.create()
         for _ in range(CREATE_TRIES):
             self._session_key = await self._aget_new_session_key()
@@ -417,17 +428,19 @@ class SessionStore(CSessionMixin, SessionBase):
         raise RuntimeError(CREATE_FAILED)
 
     async def asave(self, must_create=False):
-        return await _run_sync(self, "save", must_create)
+        if self.session_key is None:  # as Django's engines: save() would call create()
+            return await self.acreate()
+        return await _run_sync(self, _SAVE_CALLS, must_create)
 
     async def adelete(self, session_key=None):
-        return await _run_sync(self, "delete", session_key)
+        return await _run_sync(self, ("delete",), session_key)
 
     @classmethod
     async def aclear_expired(cls):
-        return await _run_sync(cls, "clear_expired")
+        return await _run_sync(cls, ("clear_expired",))
 
 
 _OWN = {name: getattr(SessionStore, name) for name in (
-    "load", "exists", "create", "save", "delete", "_get_new_session_key", "aexists", "asave",
-    "_aget_new_session_key")}
+    "create", "exists", "delete", "_get_new_session_key", "aexists", "asave",
+    "_aget_new_session_key") + _SAVE_CALLS}
 _OWN["clear_expired"] = SessionStore.clear_expired.__func__
