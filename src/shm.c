@@ -319,11 +319,11 @@ order_for(uint64_t bytes)
     return o;
 }
 
-/* The block order an entry of this key and value takes (above top_order: too large). */
-static unsigned
-entry_order(Py_ssize_t klen, Py_ssize_t vlen)
+/* The bytes an entry of this key and value takes before rounding to its block. */
+static uint64_t
+entry_need(Py_ssize_t klen, Py_ssize_t vlen)
 {
-    return order_for(sizeof(shm_entry) + (uint64_t)klen + (uint64_t)vlen);
+    return sizeof(shm_entry) + (uint64_t)klen + (uint64_t)vlen;
 }
 
 static uint32_t
@@ -1931,12 +1931,12 @@ put_impl(ShmStore *s, PyObject *key, const char *v, Py_ssize_t vlen, PyObject *c
     if (as_key(key, &k, &klen) < 0) {
         return NULL;
     }
-    unsigned order = entry_order(klen, vlen);
+    uint64_t need = entry_need(klen, vlen);
+    unsigned order = order_for(need);
     if (order > s->top_order) {
         shm_raise(s, PyExc_ValueError, "an entry of %llu bytes (value %zd, key %zd, header "
                   "%zu) is larger than the largest the store accepts (%u bytes)",
-                  (unsigned long long)(sizeof(shm_entry) + (uint64_t)klen + (uint64_t)vlen),
-                  vlen, klen, sizeof(shm_entry), 1u << s->top_order);
+                  (unsigned long long)need, vlen, klen, sizeof(shm_entry), 1u << s->top_order);
         return NULL;
     }
     /* Hashed before the lock is taken: the stripe is held no longer than without it. */
@@ -2075,9 +2075,12 @@ store_put_packed(ShmStore *s, PyObject *const *args, Py_ssize_t nargs)
         result = Py_NewRef(Py_None);
         goto done;
     }
-    Py_ssize_t klen = (PyBytes_Check(args[0]) ? PyBytes_GET_SIZE(args[0])
-                       : PyUnicode_Check(args[0]) ? PyUnicode_GET_LENGTH(args[0]) : 0);
-    if (out.len > limit || entry_order(klen, out.len) > s->top_order) {
+    const char *k;
+    Py_ssize_t klen;
+    if (as_key(args[0], &k, &klen) < 0) {
+        goto done;
+    }
+    if (out.len > limit || order_for(entry_need(klen, out.len)) > s->top_order) {
         result = PyBytes_FromStringAndSize(out.data, out.len);
         goto done;
     }

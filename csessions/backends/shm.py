@@ -194,12 +194,10 @@ def stats():
 def recreate():
     """Removes the segment (or file) of the current settings and creates a new, empty one.
     Processes that still have the old one mapped keep using it until they restart."""
-    global _current
     name, size, timeout, path = config()
     for key in [k for k in _stores if k[0] == name and k[3] == path]:
         _stores.pop(key).close()
-    _current = None
-    _prefetch.clear()
+    _forget()
     _unlink(name, path)
     return store()
 
@@ -249,6 +247,11 @@ def _corrupted():
     return {}
 
 
+def _func(attr):
+    """The function behind a method as the class holds it (a classmethod's __func__)."""
+    return getattr(attr, "__func__", attr)
+
+
 def _own(obj, names):
     """True if each of names resolves, on obj (an instance or a class), to csessions' own
     method: not a subclass's, a mixin's, or a patch applied after import, on the class or on
@@ -260,11 +263,7 @@ def _own(obj, names):
         cls = type(obj)
         if any(name in vars(obj) for name in names):
             return False
-    for name in names:
-        attr = getattr(cls, name)
-        if getattr(attr, "__func__", attr) is not _OWN[name]:  # __func__: a classmethod's
-            return False
-    return True
+    return all(_func(getattr(cls, name)) is _OWN[name] for name in names)
 
 
 async def _run_sync(obj, names, *args):
@@ -440,7 +439,6 @@ class SessionStore(CSessionMixin, SessionBase):
         return await _run_sync(cls, ("clear_expired",))
 
 
-_OWN = {name: getattr(SessionStore, name) for name in (
-    "create", "exists", "delete", "_get_new_session_key", "aexists", "asave",
+_OWN = {name: _func(getattr(SessionStore, name)) for name in (
+    "create", "exists", "delete", "clear_expired", "_get_new_session_key", "aexists", "asave",
     "_aget_new_session_key") + _SAVE_CALLS}
-_OWN["clear_expired"] = SessionStore.clear_expired.__func__
