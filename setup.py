@@ -18,7 +18,7 @@ REQUIRED = [
 ]
 
 SOURCES = ["src/module.c", "src/json_encode.c", "src/json_decode.c", "src/codec.c",
-           "src/hmac.c", "src/pack.c", "src/shm.c", "src/fileio.c", "src/simdjson_wrap.cpp",
+           "src/hmac.c", "src/deflate_quick.c", "src/pack.c", "src/shm.c", "src/fileio.c", "src/simdjson_wrap.cpp",
            "src/float_repr.cpp"]
 
 # CSESSIONS_WERROR=1: warnings are errors (CI). CSESSIONS_DEBUG=1: asserts on, -O0.

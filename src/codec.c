@@ -447,10 +447,14 @@ signature(cs_state *st, PyObject *salt, PyObject *secret, const char *msg, Py_ss
 /* Compresses in into out at `level`; at Z_DEFAULT_COMPRESSION, the stream zlib.compress()
  * makes. One stream serves every level: deflateParams right after deflateReset sets exactly
  * what deflateInit at that level would, so the default level's bytes stay zlib.compress's.
+ * CS_DEFLATE_QUICK: deflate_quick.c's encoder instead.
  * Returns 0, or -1 with an exception set. */
 static int
 deflate_into(cs_state *st, cs_buf *out, const char *in, Py_ssize_t n, int level)
 {
+    if (level == CS_DEFLATE_QUICK) {
+        return cs_deflate_quick(&st->fixed_codes, out, (const unsigned char *)in, n);
+    }
     z_stream *z = &st->deflater;
     int rc = st->deflater_ready ? deflateReset(z) : deflateInit(z, level);
     if (rc == Z_OK && st->deflater_ready && st->deflater_level != level) {
@@ -482,14 +486,19 @@ deflate_into(cs_state *st, cs_buf *out, const char *in, Py_ssize_t n, int level)
     return 0;
 }
 
-/* Returns 0, 1 when the data is not a complete zlib stream (the caller asks Python's zlib
+/* deflate_quick.c decodes its own streams; zlib everything else, and whatever that refuses.
+ * Returns 0, 1 when the data is not a complete zlib stream (the caller asks Python's zlib
  * for the exact error), or -1 with an exception set. Data after the stream's end is
  * ignored, as zlib.decompress does. */
 static int
 inflate_into(cs_state *st, cs_buf *out, const unsigned char *in, Py_ssize_t n)
 {
+    int rc = cs_inflate_quick(&st->fixed_codes, out, in, n);
+    if (rc <= 0) {
+        return rc;
+    }
     z_stream *z = &st->inflater;
-    int rc = st->inflater_ready ? inflateReset(z) : inflateInit(z);
+    rc = st->inflater_ready ? inflateReset(z) : inflateInit(z);
     if (rc != Z_OK) {
         PyErr_SetString(PyExc_MemoryError, "zlib: cannot initialise decompression");
         return -1;

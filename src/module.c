@@ -83,7 +83,19 @@ unpack(PyObject *module, PyObject *data)
     return on_bytes("unpack", module, data, cs_unpack);
 }
 
-/* deflate(data, level) -> bytes: zlib.compress on a reused stream */
+/* zlib's levels -1..9, or CS_DEFLATE_QUICK. 0, or -1 with ValueError set. */
+static int
+check_level(const char *fn, long level)
+{
+    if ((level < Z_DEFAULT_COMPRESSION || level > Z_BEST_COMPRESSION) && level != CS_DEFLATE_QUICK) {
+        PyErr_Format(PyExc_ValueError, "%s(): level must be -1..9 or DEFLATE_QUICK", fn);
+        return -1;
+    }
+    return 0;
+}
+
+/* deflate(data, level) -> bytes: zlib.compress on a reused stream, or at DEFLATE_QUICK
+ * deflate_quick.c's stream */
 static PyObject *
 deflate_(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -94,8 +106,7 @@ deflate_(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (level == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    if (level < Z_DEFAULT_COMPRESSION || level > Z_BEST_COMPRESSION) {
-        PyErr_SetString(PyExc_ValueError, "deflate(): level must be -1..9");
+    if (check_level("deflate", level) < 0) {
         return NULL;
     }
     Py_buffer view;
@@ -149,8 +160,11 @@ sign_object(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if ((level == -1 || above == -1) && PyErr_Occurred()) {
         return NULL;
     }
-    if (level < Z_DEFAULT_COMPRESSION || level > Z_BEST_COMPRESSION || above < 0) {
-        PyErr_SetString(PyExc_ValueError, "sign_object(): level must be -1..9, compress_above >= 0");
+    if (check_level("sign_object", level) < 0) {
+        return NULL;
+    }
+    if (above < 0) {
+        PyErr_SetString(PyExc_ValueError, "sign_object(): compress_above must be >= 0");
         return NULL;
     }
     return cs_sign_object(cs_get_state(module), args[0], args[1], args[2], args[3], (int)level,
@@ -300,6 +314,7 @@ core_exec(PyObject *module)
         PyErr_SetString(PyExc_ImportError, "csessions: libsodium failed to initialise");
         return -1;
     }
+    cs_fixed_codes_init(&st->fixed_codes);
     st->key_cache = PyDict_New();
     st->json_loads = import_attr("json", "loads");
     st->b64decode = import_attr("base64", "urlsafe_b64decode");
@@ -315,7 +330,8 @@ core_exec(PyObject *module)
     if (cs_shm_exec(module) < 0) {
         return -1;
     }
-    return PyModule_AddStringConstant(module, "ZLIB_VERSION", zlibVersion()) < 0 ||
+    return PyModule_AddIntConstant(module, "DEFLATE_QUICK", CS_DEFLATE_QUICK) < 0 ||
+                   PyModule_AddStringConstant(module, "ZLIB_VERSION", zlibVersion()) < 0 ||
                    PyModule_AddStringConstant(module, "SODIUM_VERSION",
                                               sodium_version_string()) < 0
                ? -1

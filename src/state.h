@@ -12,6 +12,7 @@
 
 #include <zlib.h>
 
+#include "deflate_quick.h"
 #include "simdjson_wrap.h"
 
 #define CS_PACK_MEMO 512     /* slots (two per set) of pack.c's memo of short strs */
@@ -32,6 +33,7 @@ typedef struct {
     z_stream inflater;
     int deflater_ready;
     int deflater_level;          /* the level deflater is set to */
+    cs_fixed_codes fixed_codes;  /* deflate_quick.c's code tables */
     PyObject *pack_memo[CS_PACK_MEMO]; /* str or NULL: pack.c's memo of short strs */
     int inflater_ready;
 } cs_state;

@@ -93,6 +93,8 @@ SCRIPT = textwrap.dedent(
     S_BADB64 = sign_raw("A")
     S_NOTZLIB = sign_raw("." + b64(b"definitely not zlib data"))
     S_TRUNCZ = sign_raw("." + b64(zlib.compress(JSON)[:-6]))
+    S_TRUNCQ = sign_raw("." + b64(_core.deflate(JSON * 40, _core.DEFLATE_QUICK)[:-9]))
+    QUICK_DAMAGED = _core.deflate(JSON * 40, _core.DEFLATE_QUICK)[:-9]
     S_BADTS = sign_raw(b64(JSON), "!!")
     S_NOTS = dj.Signer(salt="django.core.signing").sign(b64(JSON))
     COOKIE = SessionStore()
@@ -168,6 +170,7 @@ SCRIPT = textwrap.dedent(
         "unsign_nots": lambda: expect(ValueError, signing.loads, S_NOTS),
         "unsign_notzlib": lambda: expect(zlib.error, signing.loads, S_NOTZLIB),
         "unsign_truncated_zlib": lambda: expect(zlib.error, signing.loads, S_TRUNCZ),
+        "unsign_truncated_quick": lambda: expect(zlib.error, signing.loads, S_TRUNCQ),
         "pack": lambda: _core.unpack(_core.pack(PACKABLE)),
         "pack_unpack_str": lambda: _core.unpack(PACKED.decode("latin-1")),
         "pack_declines": lambda: _core.pack({"a": [1, (2, {3: 4})]}),
@@ -175,6 +178,8 @@ SCRIPT = textwrap.dedent(
         "unpack_bad_codepoint": lambda: expect(ValueError, _core.unpack,
                                                b"l\x01\x00\x00\x00u\x04\x01\x00\x00\x00\xff\xff\xff\xff"),
         "deflate_inflate": lambda: _core.inflate(_core.deflate(JSON, 1)),
+        "deflate_inflate_quick": lambda: _core.inflate(_core.deflate(JSON * 40, _core.DEFLATE_QUICK)),
+        "inflate_quick_damaged": lambda: expect(ValueError, _core.inflate, QUICK_DAMAGED),
         "inflate_bad": lambda: expect(ValueError, _core.inflate, b"x\x9cgarbage"),
         "new_session_key": _core.new_session_key,
         "shm_packed": shm_packed,

@@ -157,4 +157,4 @@ def test_deflate_inflate_are_zlibs(level):
         with pytest.raises(ValueError):
             _core.inflate(bad)
     with pytest.raises(ValueError):
-        _core.deflate(data, 10)
+        _core.deflate(data, 11)

@@ -20,6 +20,7 @@ from django.utils.encoding import force_bytes
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
+from csessions import _core
 from csessions import serializers as cs_serializers
 from csessions import signing as cs
 
@@ -147,8 +148,8 @@ def test_dumps_identical_and_cross_loads(obj, salt, key, now, compress, strict_e
 
 @pytest.mark.parametrize("size", [10, cs.STORE_COMPRESS_ABOVE - 20, cs.STORE_COMPRESS_ABOVE + 10, 100_000])
 def test_dumps_for_store(size):
-    """What the server-side engines store: Django's format and decoder, compressed (at zlib's
-    fastest level) only above STORE_COMPRESS_ABOVE bytes of JSON; and signing.dumps, which
+    """What the server-side engines store: Django's format and decoder, compressed (by the C
+    core's quick deflate) only above STORE_COMPRESS_ABOVE bytes of JSON; and signing.dumps, which
     shares the C deflate stream, still gives Django's bytes right after it."""
     obj = {"k": "ab" * (size // 2)}
     json_len = len(json.dumps(obj, separators=(",", ":")))
@@ -161,7 +162,9 @@ def test_dumps_for_store(size):
         else:
             body = stored[1:].split(":")[0]
             packed = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
-            assert packed == zlib.compress(json.dumps(obj, separators=(",", ":")).encode(), 1)
+            text = json.dumps(obj, separators=(",", ":")).encode()
+            assert packed == _core.deflate(text, _core.DEFLATE_QUICK)  # tests/test_deflate_quick.py
+            assert zlib.decompress(packed) == text
         for compress in (True, False):
             assert cs.dumps(obj, salt=SESSION_SALT, compress=compress) == dj.dumps(
                 obj, salt=SESSION_SALT, compress=compress)

@@ -1,0 +1,368 @@
+#include "deflate_quick.h"
+
+#include <limits.h>
+#include <string.h>
+#include <zlib.h>
+
+#define HASH_BITS 14
+#define WINDOW 32768
+#define MIN_MATCH 4 /* deflate allows 3; a 3-byte match saves too little under fixed codes */
+#define MAX_MATCH 258
+
+static unsigned
+reverse_bits(unsigned code, unsigned len)
+{
+    unsigned r = 0;
+    for (unsigned i = 0; i < len; i++) {
+        r = (r << 1) | ((code >> i) & 1);
+    }
+    return r;
+}
+
+void
+cs_fixed_codes_init(cs_fixed_codes *c)
+{
+    for (unsigned s = 0; s < 288; s++) {
+        unsigned code, len;
+        if (s < 144) {
+            code = 0x30 + s, len = 8;
+        }
+        else if (s < 256) {
+            code = 0x190 + s - 144, len = 9;
+        }
+        else if (s < 280) {
+            code = s - 256, len = 7;
+        }
+        else {
+            code = 0xc0 + s - 280, len = 8;
+        }
+        c->litlen[s] = (uint16_t)(reverse_bits(code, len) << 4 | len);
+    }
+    for (unsigned d = 0; d < 30; d++) {
+        c->dist[d] = (uint8_t)reverse_bits(d, 5);
+    }
+    /* The decoder's: every 9-bit string that starts with a symbol's code maps to it. */
+    for (unsigned s = 0; s < 288; s++) {
+        unsigned code = c->litlen[s] >> 4, len = c->litlen[s] & 15;
+        for (unsigned fill = 0; fill < 1u << (9 - len); fill++) {
+            c->litlen_dec[code | fill << len] = (uint16_t)(s << 4 | len);
+        }
+    }
+    for (unsigned d = 0; d < 32; d++) {
+        c->dist_dec[reverse_bits(d, 5)] = (uint8_t)d; /* 30 and 31: invalid, refused */
+    }
+}
+
+/* Bits go out LSB first, 32 at a time; `count` < 32 between calls. */
+typedef struct {
+    uint64_t bits;
+    unsigned count;
+    unsigned char *p;
+} bitwriter;
+
+static inline void
+put_bits(bitwriter *w, uint64_t value, unsigned n)
+{
+    assert(w->count < 32 && n <= 32);
+    w->bits |= value << w->count;
+    w->count += n;
+    if (w->count >= 32) {
+        uint32_t v = (uint32_t)w->bits;
+        w->p[0] = (unsigned char)v;
+        w->p[1] = (unsigned char)(v >> 8);
+        w->p[2] = (unsigned char)(v >> 16);
+        w->p[3] = (unsigned char)(v >> 24);
+        w->p += 4;
+        w->bits >>= 32;
+        w->count -= 32;
+    }
+}
+
+static inline void
+put_literal(const cs_fixed_codes *c, bitwriter *w, unsigned char byte)
+{
+    unsigned e = c->litlen[byte];
+    put_bits(w, e >> 4, e & 15);
+}
+
+/* One match as a single write: length code + extra (<= 13 bits), distance code + extra
+ * (<= 18). */
+static inline void
+put_match(const cs_fixed_codes *c, bitwriter *w, unsigned len, unsigned dist)
+{
+    unsigned l = len - 3, sym, extra_n = 0, extra = 0;
+    if (l < 8) {
+        sym = 257 + l;
+    }
+    else if (len == MAX_MATCH) {
+        sym = 285;
+    }
+    else { /* 4 symbols per power of two, each with nb - 2 extra bits */
+        unsigned nb = 31 - (unsigned)__builtin_clz(l);
+        sym = 257 + 4 * (nb - 1) + ((l >> (nb - 2)) & 3);
+        extra_n = nb - 2;
+        extra = l & ((1u << extra_n) - 1);
+    }
+    unsigned e = c->litlen[sym];
+    uint64_t v = (e >> 4) | ((uint64_t)extra << (e & 15));
+    unsigned n = (e & 15) + extra_n;
+    unsigned d = dist - 1, dsym;
+    extra_n = 0, extra = 0;
+    if (d < 4) {
+        dsym = d;
+    }
+    else { /* 2 symbols per power of two, each with nb - 1 extra bits */
+        unsigned nb = 31 - (unsigned)__builtin_clz(d);
+        dsym = 2 * nb + ((d >> (nb - 1)) & 1);
+        extra_n = nb - 1;
+        extra = d & ((1u << extra_n) - 1);
+    }
+    v |= (uint64_t)c->dist[dsym] << n;
+    n += 5;
+    v |= (uint64_t)extra << n;
+    n += extra_n;
+    put_bits(w, v, n);
+}
+
+static inline uint64_t
+le64(uint64_t x) /* a little-endian word read with memcpy */
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    return __builtin_bswap64(x);
+#else
+    return x;
+#endif
+}
+
+static inline uint32_t
+load32(const unsigned char *p)
+{
+    uint32_t x;
+    memcpy(&x, p, 4);
+    return x;
+}
+
+/* How far a and b agree, from `len` (known equal before it) up to max: 8 bytes at a time
+ * (the first differing bit of their XOR names the byte) while 8 remain. */
+static inline Py_ssize_t
+match_length(const unsigned char *a, const unsigned char *b, Py_ssize_t len, Py_ssize_t max)
+{
+    while (len + 8 <= max) {
+        uint64_t x, y;
+        memcpy(&x, a + len, 8);
+        memcpy(&y, b + len, 8);
+        uint64_t diff = le64(x ^ y);
+        if (diff != 0) {
+            return len + (__builtin_ctzll(diff) >> 3);
+        }
+        len += 8;
+    }
+    while (len < max && a[len] == b[len]) {
+        len++;
+    }
+    return len;
+}
+
+static inline uint32_t
+hash4(uint32_t x)
+{
+    return (x * 2654435761u) >> (32 - HASH_BITS);
+}
+
+int
+cs_deflate_quick(const cs_fixed_codes *c, cs_buf *out, const unsigned char *in, Py_ssize_t n)
+{
+    /* Positions are kept + 1 in 32 bits (0: none). */
+    if (n < 0 || (uint64_t)n >= UINT32_MAX || n > (PY_SSIZE_T_MAX - 64) / 2) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    /* At worst every byte is a 9-bit literal; + header, block header, end, padding, the
+     * Adler-32, and the 4 bytes a last 32-bit write may run ahead. */
+    if (cs_buf_reserve(out, n + n / 8 + 32) < 0) {
+        return -1;
+    }
+    uint32_t *head = PyMem_Calloc((size_t)1 << HASH_BITS, sizeof(uint32_t));
+    if (head == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    unsigned char *start = (unsigned char *)out->data + out->len;
+    start[0] = 0x78;
+    start[1] = 0x01;
+    bitwriter w = {0, 0, start + 2};
+    put_bits(&w, 1 | 1 << 1, 3); /* BFINAL, BTYPE 01 */
+    Py_ssize_t i = 0, last = n - MIN_MATCH; /* the last position a 4-byte read fits */
+    while (i <= last) {
+        uint32_t x = load32(in + i);
+        uint32_t *slot = &head[hash4(x)];
+        Py_ssize_t cand = (Py_ssize_t)*slot - 1;
+        *slot = (uint32_t)(i + 1);
+        if (cand < 0 || i - cand > WINDOW || load32(in + cand) != x) {
+            put_literal(c, &w, in[i++]);
+            continue;
+        }
+        Py_ssize_t max = n - i < MAX_MATCH ? n - i : MAX_MATCH;
+        Py_ssize_t len = match_length(in + cand, in + i, MIN_MATCH, max);
+        put_match(c, &w, (unsigned)len, (unsigned)(i - cand));
+        /* One more position for later matches: the one before the match's end. */
+        Py_ssize_t j = i + len - 2;
+        if (j <= last) {
+            head[hash4(load32(in + j))] = (uint32_t)(j + 1);
+        }
+        i += len;
+    }
+    while (i < n) {
+        put_literal(c, &w, in[i++]);
+    }
+    put_bits(&w, c->litlen[256] >> 4, c->litlen[256] & 15);
+    while (w.count > 0) {
+        *w.p++ = (unsigned char)w.bits;
+        w.bits >>= 8;
+        w.count = w.count > 8 ? w.count - 8 : 0;
+    }
+    uLong adler = adler32_z(adler32(0L, Z_NULL, 0), in, (size_t)n);
+    w.p[0] = (unsigned char)(adler >> 24);
+    w.p[1] = (unsigned char)(adler >> 16);
+    w.p[2] = (unsigned char)(adler >> 8);
+    w.p[3] = (unsigned char)adler;
+    w.p += 4;
+    PyMem_Free(head);
+    assert(w.p <= (unsigned char *)out->data + out->cap);
+    out->len = (char *)w.p - out->data;
+    return 0;
+}
+
+/* --- the decoder ------------------------------------------------------------------------ */
+
+static const uint16_t len_base[29] = {3,  4,  5,  6,  7,  8,  9,  10, 11,  13,  15,  17,  19,  23, 27,
+                                      31, 35, 43, 51, 59, 67, 83, 99, 115, 131, 163, 195, 227, 258};
+static const uint8_t len_extra[29] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2,
+                                      2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0};
+static const uint16_t dist_base[30] = {1,    2,    3,    4,    5,    7,     9,     13,    17,  25,
+                                       33,   49,   65,   97,   129,  193,   257,   385,   513, 769,
+                                       1025, 1537, 2049, 3073, 4097, 6145, 8193, 12289, 16385, 24577};
+static const uint8_t dist_extra[30] = {0, 0, 0, 0, 1, 1, 2, 2,  3,  3,  4,  4,  5,  5,  6,
+                                       6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13};
+
+/* Refills to at least 56 bits. While 8 bytes remain it ORs in a whole word and advances by
+ * the bytes that fit: the bits above `bc` then already hold the next bytes, and OR-ing the
+ * same bits into the same places again next time changes nothing. Past the input's end,
+ * zero bits come in and `over` counts them (a stream that uses them is truncated). */
+#define REFILL()                                                                             \
+    do {                                                                                     \
+        if (iend - ip >= 8) {                                                                \
+            uint64_t w_;                                                                     \
+            memcpy(&w_, ip, 8);                                                              \
+            bb |= le64(w_) << bc;                                                            \
+            ip += (63 - bc) >> 3;                                                            \
+            bc |= 56;                                                                        \
+        }                                                                                    \
+        else {                                                                               \
+            while (bc <= 56) {                                                               \
+                if (ip < iend) {                                                             \
+                    bb |= (uint64_t)*ip++ << bc;                                             \
+                }                                                                            \
+                else {                                                                       \
+                    over += 8;                                                               \
+                }                                                                            \
+                bc += 8;                                                                     \
+            }                                                                                \
+        }                                                                                    \
+    } while (0)
+
+/* Room the loop keeps ahead of the output pointer: a whole match plus the 8-byte overrun
+ * of its wide copy. */
+#define ROOM (MAX_MATCH + 8)
+
+int
+cs_inflate_quick(const cs_fixed_codes *c, cs_buf *out, const unsigned char *in, Py_ssize_t n)
+{
+    /* Ours: zlib header 78 01 and one final block of fixed codes first. */
+    if (n < 2 + 1 + 4 || in[0] != 0x78 || in[1] != 0x01 || (in[2] & 7) != 3) {
+        return 1;
+    }
+    Py_ssize_t start = out->len;
+    if (cs_buf_reserve(out, (n < PY_SSIZE_T_MAX / 8 ? n * 4 : n) + ROOM) < 0) {
+        return -1;
+    }
+    const unsigned char *ip = in + 2, *iend = in + n;
+    char *op = out->data + out->len, *oend = out->data + out->cap - ROOM;
+    uint64_t bb = 0, over = 0;
+    unsigned bc = 0;
+    REFILL();
+    bb >>= 3;
+    bc -= 3;
+    for (;;) {
+        if (op > oend) {
+            out->len = op - out->data;
+            if (cs_buf_reserve(out, ROOM) < 0) {
+                out->len = start;
+                return -1;
+            }
+            op = out->data + out->len;
+            oend = out->data + out->cap - ROOM;
+        }
+        REFILL(); /* >= 56 bits: enough for the longest match (31 bits) */
+        unsigned e = c->litlen_dec[bb & 511], sym = e >> 4;
+        bb >>= e & 15;
+        bc -= e & 15;
+        if (sym < 256) {
+            *op++ = (char)sym;
+            continue;
+        }
+        if (sym == 256) {
+            break;
+        }
+        if (sym > 285) {
+            goto not_ours;
+        }
+        unsigned li = sym - 257;
+        unsigned len = len_base[li] + (unsigned)(bb & ((1u << len_extra[li]) - 1));
+        bb >>= len_extra[li];
+        bc -= len_extra[li];
+        unsigned dsym = c->dist_dec[bb & 31];
+        bb >>= 5;
+        bc -= 5;
+        if (dsym >= 30) {
+            goto not_ours;
+        }
+        unsigned dist = dist_base[dsym] + (unsigned)(bb & ((1u << dist_extra[dsym]) - 1));
+        bb >>= dist_extra[dsym];
+        bc -= dist_extra[dsym];
+        if ((Py_ssize_t)dist > op - (out->data + start)) {
+            goto not_ours;
+        }
+        const char *src = op - dist;
+        if (dist >= 8) { /* 8 at a time, up to 7 bytes past the match: within ROOM */
+            for (unsigned k = 0; k < len; k += 8) {
+                memcpy(op + k, src + k, 8);
+            }
+        }
+        else {
+            for (unsigned k = 0; k < len; k++) {
+                op[k] = src[k];
+            }
+        }
+        op += len;
+    }
+    out->len = op - out->data;
+    if (over > bc) { /* consumed bits that were never there */
+        goto not_ours;
+    }
+    /* The Adler-32 starts at the next byte boundary after the bits consumed. */
+    Py_ssize_t pos = (ip - in) - (Py_ssize_t)((bc - over) / 8);
+    if (pos + 4 > n) {
+        goto not_ours;
+    }
+    uLong adler = (uLong)in[pos] << 24 | (uLong)in[pos + 1] << 16 | (uLong)in[pos + 2] << 8 |
+                  in[pos + 3];
+    if (adler != adler32_z(adler32(0L, Z_NULL, 0), (const Bytef *)out->data + start,
+                           (size_t)(out->len - start))) {
+        goto not_ours;
+    }
+    return 0;
+not_ours:
+    out->len = start;
+    return 1;
+}
