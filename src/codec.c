@@ -453,7 +453,10 @@ static int
 deflate_into(cs_state *st, cs_buf *out, const char *in, Py_ssize_t n, int level)
 {
     if (level == CS_DEFLATE_QUICK) {
-        return cs_deflate_quick(&st->fixed_codes, out, (const unsigned char *)in, n);
+        if (n <= CS_DEFLATE_QUICK_MAX) {
+            return cs_deflate_quick(&st->fixed_codes, out, (const unsigned char *)in, n);
+        }
+        level = Z_BEST_SPEED;
     }
     z_stream *z = &st->deflater;
     int rc = st->deflater_ready ? deflateReset(z) : deflateInit(z, level);

@@ -41,7 +41,12 @@ void cs_fixed_codes_init(cs_fixed_codes *codes);
 int cs_inflate_quick(const cs_fixed_codes *codes, cs_buf *out, const unsigned char *in,
                      Py_ssize_t n);
 
-/* Appends the zlib stream of in[0:n] to out. 0, or -1 with MemoryError set. */
+/* Positions are kept + 1 in 32 bits: longer input goes to zlib. */
+#define CS_DEFLATE_QUICK_MAX ((Py_ssize_t)(UINT32_MAX - 1) < PY_SSIZE_T_MAX / 2 \
+                                  ? (Py_ssize_t)(UINT32_MAX - 1) : PY_SSIZE_T_MAX / 4)
+
+/* Appends the zlib stream of in[0:n] (n <= CS_DEFLATE_QUICK_MAX) to out. 0, or -1 with
+ * MemoryError set. */
 int cs_deflate_quick(const cs_fixed_codes *codes, cs_buf *out, const unsigned char *in,
                      Py_ssize_t n);
 

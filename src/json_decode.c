@@ -7,11 +7,13 @@
  *
  * The builder keeps a stack of open containers. Each container is owned by its parent
  * (or by `root`) from the moment it is created, so the stack holds borrowed pointers and
- * an abort anywhere only has to drop `root`, any pending key and the key memo.
+ * an abort anywhere only has to drop `root`, any pending key and the memos.
  *
- * Sessions repeat keys ("sku", "qty" in every cart item): a small direct-mapped memo,
- * as json's scanner keeps, hands out one str per distinct key, so each is allocated and
- * hashed once per document.
+ * Sessions repeat keys ("sku", "qty" in every cart item) and short values (tags, states,
+ * currency codes): two small direct-mapped memos, one for keys as json's scanner keeps and
+ * one for string values up to MEMO_MAX_LEN bytes, hand out one str per distinct text, so
+ * each is allocated (and, for keys, hashed) once per document. Sharing one str between
+ * equal values is invisible: strs are immutable, and json.loads promises no identity.
  */
 #include "json.h"
 #include "util.h"
@@ -26,11 +28,18 @@ typedef struct {
 #define MEMO_MAX_LEN 32
 
 typedef struct {
+    PyObject *str; /* owned, or NULL */
+    size_t len;
+    char utf8[MEMO_MAX_LEN]; /* the text it was made from */
+} memo_entry;
+
+typedef struct {
     frame *stack;
     int depth;
     int cap;
     PyObject *root;              /* owned */
-    PyObject *memo[MEMO_SLOTS]; /* owned: recent keys, by a hash of their bytes */
+    memo_entry keys[MEMO_SLOTS]; /* recent keys, by a hash of their bytes */
+    memo_entry values[MEMO_SLOTS];
     frame inline_stack[32];
 } builder;
 
@@ -173,10 +182,35 @@ str_from_utf8(const char *text, size_t len)
     return str;
 }
 
+/* New reference to the str of s[0:len], from the memo when it made one for the same text. */
+static PyObject *
+memo_str(memo_entry *memo, const char *s, size_t len)
+{
+    if (len > MEMO_MAX_LEN) {
+        return str_from_utf8(s, len);
+    }
+    uint32_t h = 2166136261u ^ (uint32_t)len; /* FNV-1a: a collision only costs a miss */
+    for (size_t i = 0; i < len; i++) {
+        h = (h ^ (unsigned char)s[i]) * 16777619u;
+    }
+    memo_entry *m = &memo[(h ^ h >> 16) % MEMO_SLOTS];
+    if (m->str != NULL && m->len == len && memcmp(m->utf8, s, len) == 0) {
+        return Py_NewRef(m->str);
+    }
+    PyObject *str = str_from_utf8(s, len);
+    if (str == NULL) {
+        return NULL;
+    }
+    Py_XSETREF(m->str, Py_NewRef(str));
+    m->len = len;
+    memcpy(m->utf8, s, len);
+    return str;
+}
+
 static int
 on_string(void *ctx, const char *s, size_t len)
 {
-    return attach(ctx, str_from_utf8(s, len));
+    return attach(ctx, memo_str(((builder *)ctx)->values, s, len));
 }
 
 static int
@@ -184,26 +218,8 @@ on_key(void *ctx, const char *s, size_t len)
 {
     builder *b = ctx;
     frame *f = &b->stack[b->depth - 1];
-    if (len > MEMO_MAX_LEN) {
-        f->key = str_from_utf8(s, len);
-        return f->key == NULL ? -1 : 0;
-    }
-    /* A cheap slot choice: a collision only costs a miss, memcmp decides. */
-    size_t h = len == 0 ? 0 : len * 7 + (unsigned char)s[0] * 3 + (unsigned char)s[len - 1];
-    PyObject **slot = &b->memo[h % MEMO_SLOTS];
-    PyObject *cached = *slot;
-    if (cached != NULL && PyUnicode_IS_ASCII(cached) &&
-        PyUnicode_GET_LENGTH(cached) == (Py_ssize_t)len &&
-        memcmp(PyUnicode_1BYTE_DATA(cached), s, len) == 0) {
-        f->key = Py_NewRef(cached);
-        return 0;
-    }
-    f->key = str_from_utf8(s, len);
-    if (f->key == NULL) {
-        return -1;
-    }
-    Py_XSETREF(*slot, Py_NewRef(f->key));
-    return 0;
+    f->key = memo_str(b->keys, s, len);
+    return f->key == NULL ? -1 : 0;
 }
 
 static int on_start_array(void *ctx) { return push(ctx, PyList_New(0), 0); }
@@ -255,8 +271,14 @@ cs_json_decode(cs_state *st, const char *buf, Py_ssize_t len)
         st->parser_busy = 1;
     }
 
-    builder b = {.depth = 0, .cap = 32, .root = NULL, .memo = {NULL}};
+    builder b; /* not zeroed whole: only what is read before it is written */
+    b.depth = 0;
+    b.cap = 32;
+    b.root = NULL;
     b.stack = b.inline_stack;
+    for (int i = 0; i < MEMO_SLOTS; i++) {
+        b.keys[i].str = b.values[i].str = NULL;
+    }
     int rc = cs_json_parse(parser, buf, (size_t)len, &visitor, &b);
 
     for (; b.depth > 0; b.depth--) { /* only after an abort */
@@ -267,7 +289,8 @@ cs_json_decode(cs_state *st, const char *buf, Py_ssize_t len)
         PyMem_Free(b.stack);
     }
     for (int i = 0; i < MEMO_SLOTS; i++) {
-        Py_XDECREF(b.memo[i]);
+        Py_XDECREF(b.keys[i].str);
+        Py_XDECREF(b.values[i].str);
     }
     if (own_parser) {
         cs_json_parser_free(parser);

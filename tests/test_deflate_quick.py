@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from csessions import _core
 
 QUICK = _core.DEFLATE_QUICK
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[1] / "bench" / "data"  # the reference payloads
 
 
 def inputs():

@@ -443,6 +443,23 @@ def test_loads_duplicate_keys_order(strict_equal):
     strict_equal(got, oracle_loads(b'{"a":1,"b":2,"a":3}'))
 
 
+def test_loads_repeated_short_strings(strict_equal):
+    """Keys and short values come from per-document memos: texts that differ in one byte,
+    in length only, or around the memo's 32-byte limit each keep their own str."""
+    words = ["", "a", "b", "ab", "ba", "\u00e9", "\u0435", "\u4f1a\u8bdd", "x" * 31, "x" * 32, "x" * 33,
+             "y" * 32, "\U0001f600", "tab\t\"\\", "k1", "k2", "1k", "\u00e9" * 16, "\u00e9" * 17]
+    rng = random.Random(5)
+    items = words * 40
+    rng.shuffle(items)
+    for ensure_ascii in (True, False):
+        doc = {"items": [{"w": w, w: i, "pair": [w, w + "!"]} for i, w in enumerate(items)]}
+        data = json.dumps(doc, ensure_ascii=ensure_ascii).encode()
+        got = _core.json_loads(data)
+        strict_equal(got, oracle_loads(data))
+        if ensure_ascii:  # json_loads reads bytes as latin-1, as Django does
+            assert got == doc
+
+
 # The widest character decides a str's storage (Latin-1, UCS-2, UCS-4) and a str stored
 # wider than it needs compares unequal to the canonical one: the edges of each width.
 KIND_EDGES = [0x7F, 0x80, 0xFF, 0x100, 0x7FF, 0x800, 0xFFFF, 0x10000, 0x10FFFF]
