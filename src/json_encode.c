@@ -27,6 +27,8 @@ typedef struct {
 
 static int encode_obj(encoder *e, PyObject *obj);
 
+static const char hexdigits[] = "0123456789abcdef";
+
 /* 0: copied as is; otherwise the character after the backslash ('u' for \u00XX). */
 static const char escape_table[128] = {
     'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'b', 't', 'n', 'u', 'f', 'r', 'u', 'u',
@@ -39,26 +41,16 @@ static const char escape_table[128] = {
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 'u', /* 0x7f: _json.c escapes DEL */
 };
 
-/* "00".."ff": a byte's two hex digits at 2 * byte. */
-static const char hex_pairs[513] =
-    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
-    "202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f"
-    "404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f"
-    "606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f"
-    "808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f"
-    "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf"
-    "c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf"
-    "e0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff";
-
-/* \uXXXX with two 2-byte copies for the digits: non-ASCII text is mostly these. */
 static inline char *
 put_u16(char *p, Py_UCS4 c)
 {
-    p[0] = '\\';
-    p[1] = 'u';
-    memcpy(p + 2, hex_pairs + 2 * ((c >> 8) & 0xff), 2);
-    memcpy(p + 4, hex_pairs + 2 * (c & 0xff), 2);
-    return p + 6;
+    *p++ = '\\';
+    *p++ = 'u';
+    *p++ = hexdigits[(c >> 12) & 0xf];
+    *p++ = hexdigits[(c >> 8) & 0xf];
+    *p++ = hexdigits[(c >> 4) & 0xf];
+    *p++ = hexdigits[c & 0xf];
+    return p;
 }
 
 /* 1 if any of the 8 ASCII bytes in w needs an escape: below 0x20, '"', '\\' or DEL. */
