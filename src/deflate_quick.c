@@ -14,6 +14,17 @@
 #define MIN_MATCH 4 /* deflate allows 3; a 3-byte match saves too little under fixed codes */
 #define MAX_MATCH 258
 
+/* RFC 1951 3.2.5: each length and distance symbol's base and extra bits. */
+static const uint16_t len_base[29] = {3,  4,  5,  6,  7,  8,  9,  10, 11,  13,  15,  17,  19,  23, 27,
+                                      31, 35, 43, 51, 59, 67, 83, 99, 115, 131, 163, 195, 227, 258};
+static const uint8_t len_extra[29] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2,
+                                      2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0};
+static const uint16_t dist_base[30] = {1,    2,    3,    4,    5,    7,     9,     13,    17,  25,
+                                       33,   49,   65,   97,   129,  193,   257,   385,   513, 769,
+                                       1025, 1537, 2049, 3073, 4097, 6145, 8193, 12289, 16385, 24577};
+static const uint8_t dist_extra[30] = {0, 0, 0, 0, 1, 1, 2, 2,  3,  3,  4,  4,  5,  5,  6,
+                                       6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13};
+
 static unsigned
 reverse_bits(unsigned code, unsigned len)
 {
@@ -45,6 +56,29 @@ cs_fixed_codes_init(cs_fixed_codes *c)
     }
     for (unsigned d = 0; d < 30; d++) {
         c->dist[d] = (uint8_t)reverse_bits(d, 5);
+    }
+    /* The encoder's: each match length's code and extra bits, ready to write. */
+    for (unsigned li = 0; li < 29; li++) {
+        unsigned code = c->litlen[257 + li];
+        unsigned last = li == 28 ? 258 : len_base[li + 1] - 1u;
+        if (li == 27) {
+            last = 257; /* 258 has its own symbol */
+        }
+        for (unsigned len = len_base[li]; len <= last; len++) {
+            unsigned n = (code & 15) + len_extra[li];
+            c->len_bits[len - 3] = (uint32_t)n << 24 | ((len - len_base[li]) << (code & 15)) | code >> 4;
+        }
+    }
+    /* Distance - 1 -> symbol: directly below 256, by (distance - 1) >> 7 above (zlib's way). */
+    for (unsigned d = 0; d < 30; d++) {
+        for (unsigned k = dist_base[d] - 1u; k < dist_base[d] - 1u + (1u << dist_extra[d]); k++) {
+            if (k < 256) {
+                c->dist_lo[k] = (uint8_t)d;
+            }
+            else {
+                c->dist_hi[k >> 7] = (uint8_t)d;
+            }
+        }
     }
     /* The decoder's: every 9-bit string that starts with a symbol's code maps to it. */
     for (unsigned s = 0; s < 288; s++) {
@@ -95,38 +129,12 @@ put_literal(const cs_fixed_codes *c, bitwriter *w, unsigned char byte)
 static inline void
 put_match(const cs_fixed_codes *c, bitwriter *w, unsigned len, unsigned dist)
 {
-    unsigned l = len - 3, sym, extra_n = 0, extra = 0;
-    if (l < 8) {
-        sym = 257 + l;
-    }
-    else if (len == MAX_MATCH) {
-        sym = 285;
-    }
-    else { /* 4 symbols per power of two, each with nb - 2 extra bits */
-        unsigned nb = 31 - (unsigned)__builtin_clz(l);
-        sym = 257 + 4 * (nb - 1) + ((l >> (nb - 2)) & 3);
-        extra_n = nb - 2;
-        extra = l & ((1u << extra_n) - 1);
-    }
-    unsigned e = c->litlen[sym];
-    uint64_t v = (e >> 4) | ((uint64_t)extra << (e & 15));
-    unsigned n = (e & 15) + extra_n;
-    unsigned d = dist - 1, dsym;
-    extra_n = 0, extra = 0;
-    if (d < 4) {
-        dsym = d;
-    }
-    else { /* 2 symbols per power of two, each with nb - 1 extra bits */
-        unsigned nb = 31 - (unsigned)__builtin_clz(d);
-        dsym = 2 * nb + ((d >> (nb - 1)) & 1);
-        extra_n = nb - 1;
-        extra = d & ((1u << extra_n) - 1);
-    }
-    v |= (uint64_t)c->dist[dsym] << n;
-    n += 5;
-    v |= (uint64_t)extra << n;
-    n += extra_n;
-    put_bits(w, v, n);
+    uint32_t lb = c->len_bits[len - 3];
+    uint64_t v = lb & 0xffffff;
+    unsigned n = lb >> 24, d = dist - 1;
+    unsigned dsym = d < 256 ? c->dist_lo[d] : c->dist_hi[d >> 7];
+    v |= ((uint64_t)c->dist[dsym] | (uint64_t)(d - (dist_base[dsym] - 1u)) << 5) << n;
+    put_bits(w, v, n + 5 + dist_extra[dsym]);
 }
 
 static inline uint64_t
@@ -294,16 +302,6 @@ cs_deflate_quick(const cs_fixed_codes *c, cs_buf *out, const unsigned char *in, 
 }
 
 /* --- the decoder ------------------------------------------------------------------------ */
-
-static const uint16_t len_base[29] = {3,  4,  5,  6,  7,  8,  9,  10, 11,  13,  15,  17,  19,  23, 27,
-                                      31, 35, 43, 51, 59, 67, 83, 99, 115, 131, 163, 195, 227, 258};
-static const uint8_t len_extra[29] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2,
-                                      2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0};
-static const uint16_t dist_base[30] = {1,    2,    3,    4,    5,    7,     9,     13,    17,  25,
-                                       33,   49,   65,   97,   129,  193,   257,   385,   513, 769,
-                                       1025, 1537, 2049, 3073, 4097, 6145, 8193, 12289, 16385, 24577};
-static const uint8_t dist_extra[30] = {0, 0, 0, 0, 1, 1, 2, 2,  3,  3,  4,  4,  5,  5,  6,
-                                       6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13};
 
 /* Refills to at least 56 bits. While 8 bytes remain it ORs in a whole word and advances by
  * the bytes that fit: the bits above `bc` then already hold the next bytes, and OR-ing the

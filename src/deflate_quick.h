@@ -29,6 +29,9 @@
 typedef struct {
     uint16_t litlen[288];
     uint8_t dist[30]; /* the 5-bit distance codes, bit-reversed */
+    uint32_t len_bits[256]; /* match length - 3 -> (bits << 24) | code and extra bits */
+    uint8_t dist_lo[256];   /* distance - 1 -> distance symbol, below 256 */
+    uint8_t dist_hi[256];   /* (distance - 1) >> 7 -> distance symbol, from 256 */
     uint16_t litlen_dec[512]; /* the next 9 bits of input -> (symbol << 4) | code length */
     uint8_t dist_dec[32];     /* the next 5 bits -> distance symbol */
 } cs_fixed_codes;
