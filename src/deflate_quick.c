@@ -329,9 +329,9 @@ cs_deflate_quick(const cs_fixed_codes *c, cs_buf *out, const unsigned char *in, 
         }                                                                                    \
     } while (0)
 
-/* Room the loop keeps ahead of the output pointer: a whole match plus the 8-byte overrun
- * of its wide copy. */
-#define ROOM (MAX_MATCH + 8)
+/* Room the loop keeps ahead of the output pointer: a whole match plus the overrun of its
+ * wide copy (at most 15 bytes). */
+#define ROOM (MAX_MATCH + 16)
 
 int
 cs_inflate_quick(const cs_fixed_codes *c, cs_buf *out, const unsigned char *in, Py_ssize_t n)
@@ -392,8 +392,12 @@ cs_inflate_quick(const cs_fixed_codes *c, cs_buf *out, const unsigned char *in, 
             goto not_ours;
         }
         const char *src = op - dist;
-        if (dist >= 8) { /* 8 at a time, up to 7 bytes past the match: within ROOM */
-            for (unsigned k = 0; k < len; k += 8) {
+        if (dist >= 8) {
+            /* 8 at a time, the first 16 bytes (most matches) with no loop to mispredict; up
+             * to 15 bytes past the match: within ROOM */
+            memcpy(op, src, 8);
+            memcpy(op + 8, src + 8, 8);
+            for (unsigned k = 16; k < len; k += 8) {
                 memcpy(op + k, src + k, 8);
             }
         }
