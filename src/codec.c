@@ -477,15 +477,29 @@ deflate_into(cs_state *st, cs_buf *out, const char *in, Py_ssize_t n, int level)
     if (cs_buf_reserve(out, (Py_ssize_t)bound) < 0) {
         return -1;
     }
+    /* zlib counts in 32 bits: past 4 GiB the input and the room go in in slices, the last
+     * with Z_FINISH (one call with the lengths cast down would compress n mod 4 GiB). */
     z->next_in = (Bytef *)in;
-    z->avail_in = (uInt)n;
     z->next_out = (Bytef *)out->data + out->len;
-    z->avail_out = (uInt)bound;
-    if (deflate(z, Z_FINISH) != Z_STREAM_END) {
-        PyErr_SetString(PyExc_RuntimeError, "zlib: compression did not finish");
-        return -1;
+    uint64_t in_left = (uint64_t)n, out_left = bound;
+    for (;;) {
+        uInt in_now = in_left > UINT_MAX ? UINT_MAX : (uInt)in_left;
+        uInt out_now = out_left > UINT_MAX ? UINT_MAX : (uInt)out_left;
+        z->avail_in = in_now;
+        z->avail_out = out_now;
+        rc = deflate(z, in_now == in_left ? Z_FINISH : Z_NO_FLUSH);
+        int moved = z->avail_in != in_now || z->avail_out != out_now;
+        in_left -= in_now - z->avail_in;
+        out_left -= out_now - z->avail_out;
+        if (rc == Z_STREAM_END) {
+            break;
+        }
+        if ((rc != Z_OK && rc != Z_BUF_ERROR) || !moved) {
+            PyErr_SetString(PyExc_RuntimeError, "zlib: compression did not finish");
+            return -1;
+        }
     }
-    out->len += (Py_ssize_t)z->total_out;
+    out->len += (Py_ssize_t)(bound - out_left);
     return 0;
 }
 
@@ -566,6 +580,19 @@ cs_inflate_bytes(cs_state *st, const char *in, Py_ssize_t n)
     else if (rc == 1) {
         PyErr_SetString(PyExc_ValueError, "not a complete zlib stream");
     }
+    cs_buf_free(&out);
+    return result;
+}
+
+PyObject *
+cs_inflate_quick_bytes(cs_state *st, const char *in, Py_ssize_t n)
+{
+    cs_buf out;
+    cs_buf_init(&out);
+    int rc = cs_inflate_quick(&st->fixed_codes, &out, (const unsigned char *)in, n);
+    PyObject *result = rc < 0    ? NULL
+                       : rc == 1 ? Py_NewRef(Py_None)
+                                 : PyBytes_FromStringAndSize(out.data, out.len);
     cs_buf_free(&out);
     return result;
 }

@@ -32,4 +32,8 @@ PyObject *cs_unsign_object(cs_state *st, PyObject *signed_value, PyObject *secre
 PyObject *cs_deflate_bytes(cs_state *st, const char *in, Py_ssize_t n, int level);
 PyObject *cs_inflate_bytes(cs_state *st, const char *in, Py_ssize_t n);
 
+/* deflate_quick.c's decoder alone, for the tests: new bytes, None for a stream it does not
+ * take whole (which inflate hands to zlib), or NULL with an exception set. */
+PyObject *cs_inflate_quick_bytes(cs_state *st, const char *in, Py_ssize_t n);
+
 #endif

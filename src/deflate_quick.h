@@ -45,8 +45,8 @@ int cs_inflate_quick(const cs_fixed_codes *codes, cs_buf *out, const unsigned ch
                      Py_ssize_t n);
 
 /* Positions are kept + 1 in 32 bits: longer input goes to zlib. */
-#define CS_DEFLATE_QUICK_MAX ((Py_ssize_t)(UINT32_MAX - 1) < PY_SSIZE_T_MAX / 2 \
-                                  ? (Py_ssize_t)(UINT32_MAX - 1) : PY_SSIZE_T_MAX / 4)
+#define CS_DEFLATE_QUICK_MAX ((uint64_t)PY_SSIZE_T_MAX / 2 < UINT32_MAX - 1 \
+                                  ? PY_SSIZE_T_MAX / 2 : (Py_ssize_t)(UINT32_MAX - 1))
 
 /* Appends the zlib stream of in[0:n] (n <= CS_DEFLATE_QUICK_MAX) to out. 0, or -1 with
  * MemoryError set. */

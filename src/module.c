@@ -127,6 +127,12 @@ inflate_(PyObject *module, PyObject *data)
     return on_bytes("inflate", module, data, cs_inflate_bytes);
 }
 
+static PyObject *
+inflate_quick(PyObject *module, PyObject *data)
+{
+    return on_bytes("inflate_quick", module, data, cs_inflate_quick_bytes);
+}
+
 /* json_loads(bytes-like, or a str of code points < 256: read as the latin-1 bytes it holds) */
 static PyObject *
 json_loads(PyObject *module, PyObject *data)
@@ -272,6 +278,9 @@ static PyMethodDef core_methods[] = {
      "deflate(data, level) -> bytes, as zlib.compress(data, level), on a reused stream"},
     {"inflate", inflate_, METH_O,
      "inflate(data) -> bytes, as zlib.decompress(data); ValueError if it is not a zlib stream"},
+    {"inflate_quick", inflate_quick, METH_O,
+     "inflate_quick(data) -> bytes | None: the quick deflate's own decoder alone (None: a "
+     "stream it leaves to zlib); for the tests"},
     {"pack", pack, METH_O,
      "pack(obj) -> bytes, or None if a JSON round trip would change obj or refuse it (src/pack.h)"},
     {"unpack", unpack, METH_O,

@@ -45,6 +45,7 @@ def test_zlib_reads_it_and_so_does_our_decoder(data):
     packed = _core.deflate(data, QUICK)
     assert packed[:2] == b"\x78\x01" and packed[2] & 7 == 3  # one final block, fixed codes
     assert zlib.decompress(packed) == data
+    assert _core.inflate_quick(packed) == data  # decoded by our decoder, not handed to zlib
     assert _core.inflate(packed) == data == _core.inflate(packed.decode("latin-1"))
     assert _core.inflate(packed + b"after the end") == data  # ignored, as zlib does
     assert len(packed) <= len(data) + len(data) // 8 + 32
@@ -53,7 +54,7 @@ def test_zlib_reads_it_and_so_does_our_decoder(data):
 @given(st.binary(max_size=5000) | st.text(alphabet="ab{}\":,0123", max_size=5000).map(str.encode))
 def test_any_bytes_round_trip(data):
     packed = _core.deflate(data, QUICK)
-    assert zlib.decompress(packed) == data == _core.inflate(packed)
+    assert zlib.decompress(packed) == data == _core.inflate(packed) == _core.inflate_quick(packed)
 
 
 def zlib_or_none(data):
@@ -71,18 +72,27 @@ def inflate_or_none(data):
 
 
 def test_damaged_streams_give_what_zlib_gives():
-    """Flipped bits anywhere and every truncation: our decoder either gives zlib's bytes or
-    hands the stream to zlib, which accepts or refuses it."""
+    """Flipped bits anywhere and every truncation: what our decoder takes, zlib gives the same
+    bytes for; what it does not, inflate hands to zlib, which accepts or refuses it."""
     rng = random.Random(11)
     data = json.dumps({"feed": [{"id": i, "t": "x" * (i % 40)} for i in range(400)]}).encode()
     packed = _core.deflate(data, QUICK)
+    taken = 0
     for _ in range(3000):
         bad = bytearray(packed)
         for _ in range(rng.choice((1, 1, 2, 8))):
             i = rng.randrange(len(bad))
             bad[i] ^= 1 << rng.randrange(8)
-        assert inflate_or_none(bytes(bad)) == zlib_or_none(bytes(bad))
+        bad = bytes(bad)
+        want = zlib_or_none(bad)
+        ours = _core.inflate_quick(bad)
+        if ours is not None:
+            taken += 1
+            assert ours == want
+        assert inflate_or_none(bad) == want
+    assert taken > 0  # flips in the padding, or that turn a literal into another, decode
     for cut in range(len(packed)):
+        assert _core.inflate_quick(packed[:cut]) is None
         assert inflate_or_none(packed[:cut]) is None
 
 
@@ -93,6 +103,9 @@ def test_zlibs_own_fixed_streams_decode():
         z = zlib.compressobj(1, zlib.DEFLATED, 15, 8, zlib.Z_FIXED)
         packed = z.compress(data) + z.flush()
         assert _core.inflate(packed) == data
+        if n <= 1000:  # one final fixed block: ours to decode (longer input: several blocks)
+            assert _core.inflate_quick(packed) == data
+    assert _core.inflate_quick(zlib.compress(b"abc" * 100, 6)) is None  # dynamic codes: zlib's
 
 
 def test_levels_outside_zlibs_and_quick_are_refused():

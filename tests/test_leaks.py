@@ -180,6 +180,7 @@ SCRIPT = textwrap.dedent(
         "deflate_inflate": lambda: _core.inflate(_core.deflate(JSON, 1)),
         "deflate_inflate_quick": lambda: _core.inflate(_core.deflate(JSON * 40, _core.DEFLATE_QUICK)),
         "inflate_quick_damaged": lambda: expect(ValueError, _core.inflate, QUICK_DAMAGED),
+        "inflate_quick_alone": lambda: (_core.inflate_quick(QUICK_DAMAGED), _core.inflate_quick(JSON)),
         "inflate_bad": lambda: expect(ValueError, _core.inflate, b"x\x9cgarbage"),
         "new_session_key": _core.new_session_key,
         "shm_packed": shm_packed,
