@@ -189,11 +189,7 @@ memo_str(memo_entry *memo, const char *s, size_t len)
     if (len > MEMO_MAX_LEN) {
         return str_from_utf8(s, len);
     }
-    uint32_t h = 2166136261u ^ (uint32_t)len; /* FNV-1a: a collision only costs a miss */
-    for (size_t i = 0; i < len; i++) {
-        h = (h ^ (unsigned char)s[i]) * 16777619u;
-    }
-    memo_entry *m = &memo[(h ^ h >> 16) % MEMO_SLOTS];
+    memo_entry *m = &memo[(cs_short_hash((const unsigned char *)s, len) >> 32) % MEMO_SLOTS];
     if (m->str != NULL && m->len == len && memcmp(m->utf8, s, len) == 0) {
         return Py_NewRef(m->str);
     }

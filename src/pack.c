@@ -219,23 +219,7 @@ memo_equal(PyObject *k, const unsigned char *s, uint32_t n)
 static PyObject *
 memo_str(cs_state *st, const unsigned char *s, uint32_t n)
 {
-    uint64_t a, b;
-    if (n >= 8) {
-        memcpy(&a, s, 8);
-        memcpy(&b, s + n - 8, 8);
-    }
-    else if (n >= 4) {
-        uint32_t x, y;
-        memcpy(&x, s, 4);
-        memcpy(&y, s + n - 4, 4);
-        a = x;
-        b = y;
-    }
-    else {
-        a = s[0] | (uint64_t)s[n / 2] << 8 | (uint64_t)s[n - 1] << 16;
-        b = 0;
-    }
-    uint64_t h = ((a * UINT64_C(0x9E3779B97F4A7C15)) ^ b ^ n) * UINT64_C(0xFF51AFD7ED558CCD);
+    uint64_t h = cs_short_hash(s, n);
     PyObject **set = &st->pack_memo[2 * ((h >> 32) % (CS_PACK_MEMO / 2))];
     if (memo_equal(set[0], s, n)) {
         return Py_NewRef(set[0]);

@@ -37,6 +37,30 @@ cs_is_ascii(const char *s, size_t n)
     return (acc & UINT64_C(0x8080808080808080)) == 0;
 }
 
+/* A hash of a short byte string, to pick a memo slot (a collision only costs a miss): its
+ * first and last 8 bytes (4, or three single bytes, when shorter) mixed with its length. */
+static inline uint64_t
+cs_short_hash(const unsigned char *s, size_t n)
+{
+    uint64_t a, b;
+    if (n >= 8) {
+        memcpy(&a, s, 8);
+        memcpy(&b, s + n - 8, 8);
+    }
+    else if (n >= 4) {
+        uint32_t x, y;
+        memcpy(&x, s, 4);
+        memcpy(&y, s + n - 4, 4);
+        a = x;
+        b = y;
+    }
+    else {
+        a = n == 0 ? 0 : s[0] | (uint64_t)s[n / 2] << 8 | (uint64_t)s[n - 1] << 16;
+        b = 0;
+    }
+    return ((a * UINT64_C(0x9E3779B97F4A7C15)) ^ b ^ n) * UINT64_C(0xFF51AFD7ED558CCD);
+}
+
 /* A new str of n bytes the caller knows to be ASCII: PyUnicode_FromKindAndData and
  * PyUnicode_DecodeUTF8 would scan them again. NULL with MemoryError. */
 static inline PyObject *

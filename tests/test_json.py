@@ -447,12 +447,14 @@ def test_loads_repeated_short_strings(strict_equal):
     """Keys and short values come from per-document memos: texts that differ in one byte,
     in length only, or around the memo's 32-byte limit each keep their own str."""
     words = ["", "a", "b", "ab", "ba", "\u00e9", "\u0435", "\u4f1a\u8bdd", "x" * 31, "x" * 32, "x" * 33,
-             "y" * 32, "\U0001f600", "tab\t\"\\", "k1", "k2", "1k", "\u00e9" * 16, "\u00e9" * 17]
+             "y" * 32, "\U0001f600", "tab\t\"\\", "k1", "k2", "1k", "\u00e9" * 16, "\u00e9" * 17,
+             "a" * 8 + "bbbb" + "a" * 8, "a" * 8 + "cccc" + "a" * 8]  # the same first and last 8 bytes
     rng = random.Random(5)
     items = words * 40
     rng.shuffle(items)
     # ASCII JSON (non-ASCII input goes to json.loads itself, not through the memos); keys and
-    # values both meet texts of the same length in the same slot ("b!" and "ba").
+    # values both meet texts of the same length in the same slot ("k1" and "ba"; the two that
+    # differ only in their middle hash alike).
     doc = {"items": [{"w": w, w: i, w + "!": -i, "pair": [w, w + "!"]} for i, w in enumerate(items)]}
     data = json.dumps(doc).encode()
     got = _core.json_loads(data)
