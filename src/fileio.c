@@ -16,6 +16,7 @@
 #include <sodium.h>
 
 #include "hmac.h"
+#include "simdjson_wrap.h"
 #include "util.h"
 
 #ifndef O_NOATIME /* Linux only */

@@ -331,11 +331,6 @@ core_exec(PyObject *module)
     if (!st->key_cache || !st->json_loads || !st->b64decode || !st->zlib_decompress) {
         return -1;
     }
-    st->parser = cs_json_parser_new();
-    if (st->parser == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
     if (cs_shm_exec(module) < 0) {
         return -1;
     }
@@ -381,10 +376,6 @@ core_free(void *module)
 {
     core_clear((PyObject *)module);
     cs_state *st = cs_get_state((PyObject *)module);
-    if (st->parser != NULL) {
-        cs_json_parser_free(st->parser);
-        st->parser = NULL;
-    }
     if (st->deflater_ready) {
         deflateEnd(&st->deflater);
         st->deflater_ready = 0;

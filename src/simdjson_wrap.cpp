@@ -58,6 +58,24 @@ int walk(simdjson::dom::element e, const cs_json_visitor *v, void *ctx)
 
 extern "C" {
 
+int cs_double_from_decimal(uint64_t mantissa, int64_t exp10, int negative, const char *s,
+                           const char *end, double *out)
+{
+    namespace np = simdjson::builtin::numberparsing;
+    if (exp10 < simdjson::internal::smallest_power || exp10 > simdjson::internal::largest_power) {
+        return -1;
+    }
+    if (np::compute_float_64(exp10, mantissa, negative != 0, *out)) {
+        return 0;
+    }
+    // The rare rounding Eisel-Lemire cannot decide. (parse_double also guesses for itself
+    // whether the digits fit 64 bits, and in 3.0.1 guesses wrong for 0.1 written out in
+    // full: the caller's count of significant digits is what keeps such text away.)
+    simdjson::simdjson_result<double> r = np::parse_double(
+        reinterpret_cast<const uint8_t *>(s), reinterpret_cast<const uint8_t *>(end));
+    return std::move(r).get(*out) == simdjson::SUCCESS ? 0 : -1;
+}
+
 cs_json_parser *cs_json_parser_new(void)
 {
     return new (std::nothrow) cs_json_parser();

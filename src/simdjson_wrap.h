@@ -1,5 +1,11 @@
 /* The little of simdjson that csessions uses, behind a C API.
  *
+ * cs_double_from_decimal() gives the double nearest to (-1 if negative) * mantissa *
+ * 10**exp10, what float() gives for the number's text s[0:end - s], which it reads when the
+ * fast algorithm cannot decide the rounding (simdjson's exact parser, Eisel-Lemire first).
+ * The mantissa must hold the number's digits whole: at most 19 significant ones. It returns
+ * 0, or -1 when the number is out of a double's range.
+ *
  * cs_json_parse() validates a document with simdjson's DOM parser and walks it depth
  * first, calling the visitor once per value, in document order: scalars, then for
  * containers start / members / end, and for objects `key` before each member's value.
@@ -38,6 +44,9 @@ enum {
     CS_JSON_STOPPED = 2,  /* a visitor callback returned non-zero */
     CS_JSON_NOMEM = 3,
 };
+
+int cs_double_from_decimal(uint64_t mantissa, int64_t exp10, int negative, const char *s,
+                           const char *end, double *out);
 
 /* NULL when out of memory. */
 cs_json_parser *cs_json_parser_new(void);

@@ -1,8 +1,7 @@
 /* Module state: every Python object the C core keeps between calls lives here, never in a
  * C global, so several interpreters (and reloads) each get their own. All fields are
  * strong references owned by the module; they are set in module exec and cleared in
- * m_clear; the C resources are released in m_free. `parser` is a C++ simdjson parser reused across calls (see json_decode.c for
- * why a re-entrant call gets a parser of its own).
+ * m_clear; the C resources are released in m_free.
  */
 #ifndef CSESSIONS_STATE_H
 #define CSESSIONS_STATE_H
@@ -13,7 +12,6 @@
 #include <zlib.h>
 
 #include "deflate_quick.h"
-#include "simdjson_wrap.h"
 
 #define CS_PACK_MEMO 512     /* slots (two per set) of pack.c's memo of short strs */
 #define CS_PACK_MEMO_LEN 64  /* the longest str it keeps */
@@ -25,8 +23,6 @@ typedef struct {
     PyObject *json_loads;        /* json.loads: the exact path behind the fast decoder */
     PyObject *b64decode;         /* base64.urlsafe_b64decode: exact path for odd base64 */
     PyObject *zlib_decompress;   /* zlib.decompress: raises the exact error on bad data */
-    cs_json_parser *parser;
-    int parser_busy;
     /* zlib streams reused through deflateReset/inflateReset, which spares the ~270 KB
      * allocation per call; no Python code runs while they are in use. */
     z_stream deflater;
