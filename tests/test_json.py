@@ -428,6 +428,15 @@ LOADS_VALID = [
     b"{" + b",".join(b'"k%d":%d' % (i, i) for i in range(5000)) + b"}",
     b'"' + b"x" * 1_000_000 + b'"',
     b'"' + b"\\u00e9" * 10_000 + b'"',
+    # one string past the decoder's inline scratch buffer, with every kind of escape in runs
+    b'"' + b"ab\\u00e9\\u4f1a\\ud83d\\ude00\\n\\\"" * 3000 + b'"',
+    # mantissas around 19 significant digits, leading zeros not counted
+    b"0.00060795512980330903", b"-0.0000000000000000000012345678901234567891",
+    b"1234567890123456789.5", b"123456789012345678.5", b"12345678901234567.5e-3",
+    b"0.1234567890123456789", b"0.12345678901234567891", b"1.234567890123456789e-300",
+    b"123456789012345678", b"1234567890123456789", b"-123456789012345678", b"-1234567890123456789",
+    b"12345678", b"123456789.123456789", b"1e000000001", b"1e0000000001",
+    b"[1.25,12345678,1234567890123456,0.5e1]",
 ]
 
 
@@ -444,10 +453,12 @@ def test_loads_duplicate_keys_order(strict_equal):
 
 
 def test_loads_repeated_short_strings(strict_equal):
-    """Keys and short values come from per-document memos: texts that differ in one byte,
-    in length only, or around the memo's 32-byte limit each keep their own str."""
-    words = ["", "a", "b", "ab", "ba", "\u00e9", "\u0435", "\u4f1a\u8bdd", "x" * 31, "x" * 32, "x" * 33,
-             "y" * 32, "\U0001f600", "tab\t\"\\", "k1", "k2", "1k", "\u00e9" * 16, "\u00e9" * 17,
+    """Keys and short values come from per-document memos keyed by their escaped text: texts
+    that differ in one byte, in length only, or around the memo's 48-byte limit each keep
+    their own str, and two escaped texts of one str ("\\u0041", "A") give equal strs."""
+    words = ["", "a", "b", "ab", "ba", "\u00e9", "\u0435", "\u4f1a\u8bdd", "x" * 47, "x" * 48, "x" * 49,
+             "y" * 48, "\U0001f600", "tab\t\"\\", "k1", "k2", "1k", "\u00e9" * 8, "\u00e9" * 9,
+             "\u00e9" * 7 + "ab", "\u00e9" * 7 + "abc", "A",
              "a" * 8 + "bbbb" + "a" * 8, "a" * 8 + "cccc" + "a" * 8]  # the same first and last 8 bytes
     rng = random.Random(5)
     items = words * 40
@@ -456,7 +467,8 @@ def test_loads_repeated_short_strings(strict_equal):
     # values both meet texts of the same length in the same slot ("k1" and "ba"; the two that
     # differ only in their middle hash alike).
     doc = {"items": [{"w": w, w: i, w + "!": -i, "pair": [w, w + "!"]} for i, w in enumerate(items)]}
-    data = json.dumps(doc).encode()
+    data = json.dumps(doc).encode().replace(b'"w": "A"', b'"w": "\\u0041"', 20)
+    assert b"\\u0041" in data
     got = _core.json_loads(data)
     strict_equal(got, oracle_loads(data))
     assert got == doc
