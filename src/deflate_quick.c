@@ -14,6 +14,8 @@
 #define MIN_MATCH 4 /* deflate allows 3; a 3-byte match saves too little under fixed codes */
 #define MAX_MATCH 258
 
+#define DIST_INVALID (UINT32_C(1) << 20)
+
 /* RFC 1951 3.2.5: each length and distance symbol's base and extra bits. */
 static const uint16_t len_base[29] = {3,  4,  5,  6,  7,  8,  9,  10, 11,  13,  15,  17,  19,  23, 27,
                                       31, 35, 43, 51, 59, 67, 83, 99, 115, 131, 163, 195, 227, 258};
@@ -84,11 +86,16 @@ cs_fixed_codes_init(cs_fixed_codes *c)
     for (unsigned s = 0; s < 288; s++) {
         unsigned code = c->litlen[s] >> 4, len = c->litlen[s] & 15;
         for (unsigned fill = 0; fill < 1u << (9 - len); fill++) {
-            c->litlen_dec[code | fill << len] = (uint16_t)(s << 4 | len);
+            uint32_t e = s << 4 | len;
+            if (s >= 257 && s <= 285) {
+                e |= (uint32_t)len_extra[s - 257] << 13 | (uint32_t)len_base[s - 257] << 16;
+            }
+            c->litlen_dec[code | fill << len] = e;
         }
     }
     for (unsigned d = 0; d < 32; d++) {
-        c->dist_dec[reverse_bits(d, 5)] = (uint8_t)d; /* 30 and 31: invalid, refused */
+        c->dist_dec[reverse_bits(d, 5)] =
+            d < 30 ? (uint32_t)dist_extra[d] << 16 | dist_base[d] : DIST_INVALID;
     }
 }
 
@@ -362,7 +369,8 @@ cs_inflate_quick(const cs_fixed_codes *c, cs_buf *out, const unsigned char *in, 
             oend = out->data + out->cap - ROOM;
         }
         REFILL(); /* >= 56 bits: enough for the longest match (31 bits) */
-        unsigned e = c->litlen_dec[bb & 511], sym = e >> 4;
+        uint32_t e = c->litlen_dec[bb & 511];
+        unsigned sym = e >> 4 & 511;
         bb >>= e & 15;
         bc -= e & 15;
         if (sym < 256) {
@@ -375,19 +383,20 @@ cs_inflate_quick(const cs_fixed_codes *c, cs_buf *out, const unsigned char *in, 
         if (sym > 285) {
             goto not_ours;
         }
-        unsigned li = sym - 257;
-        unsigned len = len_base[li] + (unsigned)(bb & ((1u << len_extra[li]) - 1));
-        bb >>= len_extra[li];
-        bc -= len_extra[li];
-        unsigned dsym = c->dist_dec[bb & 31];
+        unsigned extra = e >> 13 & 7;
+        unsigned len = (e >> 16) + (unsigned)(bb & ((1u << extra) - 1));
+        bb >>= extra;
+        bc -= extra;
+        uint32_t de = c->dist_dec[bb & 31];
         bb >>= 5;
         bc -= 5;
-        if (dsym >= 30) {
+        if (de & DIST_INVALID) {
             goto not_ours;
         }
-        unsigned dist = dist_base[dsym] + (unsigned)(bb & ((1u << dist_extra[dsym]) - 1));
-        bb >>= dist_extra[dsym];
-        bc -= dist_extra[dsym];
+        extra = de >> 16;
+        unsigned dist = (de & 0xffff) + (unsigned)(bb & ((1u << extra) - 1));
+        bb >>= extra;
+        bc -= extra;
         if ((Py_ssize_t)dist > op - (out->data + start)) {
             goto not_ours;
         }

@@ -33,8 +33,12 @@ typedef struct {
     uint32_t len_bits[256]; /* match length - 3 -> (bits << 24) | code and extra bits */
     uint8_t dist_lo[256];   /* distance - 1 -> distance symbol, below 256 */
     uint8_t dist_hi[256];   /* (distance - 1) >> 7 -> distance symbol, from 256 */
-    uint16_t litlen_dec[512]; /* the next 9 bits of input -> (symbol << 4) | code length */
-    uint8_t dist_dec[32];     /* the next 5 bits -> distance symbol */
+    /* The decoder's, one load per symbol: the next 9 bits of input -> code length (bits
+     * 0-3), symbol (4-12) and, for a length symbol, its extra bits (13-15) and base length
+     * (16-24); the next 5 bits -> base distance (0-15) and extra bits (16-19) of a distance
+     * symbol, or DIST_INVALID for codes 30 and 31. */
+    uint32_t litlen_dec[512];
+    uint32_t dist_dec[32];
 } cs_fixed_codes;
 
 void cs_fixed_codes_init(cs_fixed_codes *codes);
