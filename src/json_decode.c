@@ -31,16 +31,23 @@
 #include <emmintrin.h>
 #endif
 
-#define MEMO_SLOTS 64
+#define MEMO_SLOTS 128
 #define MEMO_MAX_LEN 48 /* escaped bytes: "\u043f\u0440\u0438\u0432\u0435\u0442" is 36 */
 #define MAX_DEPTH 256   /* deeper documents are json.loads's (and its RecursionError's) */
 #define SCRATCH_INLINE 256
 
 typedef struct {
-    PyObject *str; /* owned, or NULL */
+    PyObject *str; /* owned; only read when the memo's `used` bit for the slot is set */
     size_t len;
     char text[MEMO_MAX_LEN]; /* the escaped text it was decoded from */
 } memo_entry;
+
+/* The slots are left uninitialized and a bit per slot says which hold a str, so that a
+ * small document pays for the slots it uses, not for all of them, at start and at end. */
+typedef struct {
+    uint64_t used[MEMO_SLOTS / 64];
+    memo_entry slots[MEMO_SLOTS];
+} memo;
 
 typedef struct {
     const char *p, *end;
@@ -50,8 +57,8 @@ typedef struct {
     Py_ssize_t nitems, cap;
     Py_UCS4 *scratch;  /* a string's decoded characters; inline_scratch or heap */
     Py_ssize_t scratch_cap;
-    memo_entry keys[MEMO_SLOTS];
-    memo_entry values[MEMO_SLOTS];
+    memo keys;
+    memo values;
     Py_UCS4 inline_scratch[SCRATCH_INLINE];
 } parser;
 
@@ -235,7 +242,7 @@ same_text(const char *a, const char *b, size_t len) /* len <= MEMO_MAX_LEN */
  * found 16 bytes at a time and widened into the scratch buffer, escapes decoded between
  * them; a string with no escape (most keys) is copied straight into an ASCII str. */
 static PyObject *
-parse_string(parser *ps, memo_entry *memo)
+parse_string(parser *ps, memo *memo)
 {
     const char *start = ps->p, *end = ps->end;
     const char *q = find_special(start, end);
@@ -278,15 +285,25 @@ parse_string(parser *ps, memo_entry *memo)
     ps->p = q + 1;
     size_t len = (size_t)(q - start);
     memo_entry *m = NULL;
+    uint64_t *used = NULL, bit = 0;
     if (len <= MEMO_MAX_LEN) {
-        m = &memo[(cs_short_hash((const unsigned char *)start, len) >> 32) % MEMO_SLOTS];
-        if (m->str != NULL && m->len == len && same_text(m->text, start, len)) {
+        size_t slot = (size_t)(cs_short_hash((const unsigned char *)start, len) >> 32) % MEMO_SLOTS;
+        m = &memo->slots[slot];
+        used = &memo->used[slot / 64];
+        bit = UINT64_C(1) << slot % 64;
+        if ((*used & bit) && m->len == len && same_text(m->text, start, len)) {
             return Py_NewRef(m->str);
         }
     }
     PyObject *str = n > 0 ? str_from_scratch(ps->scratch, n, seen) : cs_new_ascii(start, len);
     if (str != NULL && m != NULL) {
-        Py_XSETREF(m->str, Py_NewRef(str));
+        if (*used & bit) {
+            Py_SETREF(m->str, Py_NewRef(str));
+        }
+        else {
+            m->str = Py_NewRef(str);
+            *used |= bit;
+        }
         m->len = len;
         memcpy(m->text, start, len);
     }
@@ -466,7 +483,7 @@ parse_object(parser *ps)
             goto not_ours;
         }
         ps->p++;
-        PyObject *key = parse_string(ps, ps->keys);
+        PyObject *key = parse_string(ps, &ps->keys);
         if (key == NULL) {
             goto fail;
         }
@@ -518,7 +535,7 @@ parse_value(parser *ps)
     switch (*p) {
     case '"':
         ps->p++;
-        return parse_string(ps, ps->values);
+        return parse_string(ps, &ps->values);
     case '{':
     case '[': {
         /* json's scanner enters a recursive call per container: so the same limit holds */
@@ -556,6 +573,16 @@ parse_value(parser *ps)
     }
 }
 
+static void
+memo_clear(memo *memo)
+{
+    for (int w = 0; w < MEMO_SLOTS / 64; w++) {
+        for (uint64_t bits = memo->used[w]; bits != 0; bits &= bits - 1) {
+            Py_DECREF(memo->slots[w * 64 + __builtin_ctzll(bits)].str);
+        }
+    }
+}
+
 static PyObject *
 decode_exact(cs_state *st, const char *buf, Py_ssize_t len)
 {
@@ -571,7 +598,7 @@ decode_exact(cs_state *st, const char *buf, Py_ssize_t len)
 PyObject *
 cs_json_decode(cs_state *st, const char *buf, Py_ssize_t len)
 {
-    parser ps; /* not zeroed whole: the memos' texts are only read behind their str */
+    parser ps; /* not zeroed whole: a memo slot is only read behind its used bit */
     ps.p = buf;
     ps.end = buf + len;
     ps.bail = 0;
@@ -580,9 +607,8 @@ cs_json_decode(cs_state *st, const char *buf, Py_ssize_t len)
     ps.nitems = ps.cap = 0;
     ps.scratch = ps.inline_scratch;
     ps.scratch_cap = SCRATCH_INLINE;
-    for (int i = 0; i < MEMO_SLOTS; i++) {
-        ps.keys[i].str = ps.values[i].str = NULL;
-    }
+    memset(ps.keys.used, 0, sizeof ps.keys.used);
+    memset(ps.values.used, 0, sizeof ps.values.used);
 
     PyObject *result = parse_value(&ps);
     if (result != NULL) {
@@ -600,10 +626,8 @@ cs_json_decode(cs_state *st, const char *buf, Py_ssize_t len)
     if (ps.scratch != ps.inline_scratch) {
         PyMem_Free(ps.scratch);
     }
-    for (int i = 0; i < MEMO_SLOTS; i++) {
-        Py_XDECREF(ps.keys[i].str);
-        Py_XDECREF(ps.values[i].str);
-    }
+    memo_clear(&ps.keys);
+    memo_clear(&ps.values);
     if (result == NULL && ps.bail && !PyErr_Occurred()) {
         return decode_exact(st, buf, len);
     }
