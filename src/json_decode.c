@@ -538,7 +538,9 @@ parse_value(parser *ps)
         return parse_string(ps, &ps->values);
     case '{':
     case '[': {
-        /* json's scanner enters a recursive call per container: so the same limit holds */
+        /* json's scanner enters a recursive call per container, so the same limit holds,
+         * give or take the three frames json.loads itself stands on: within those of the
+         * limit a document may decode here that json.loads refuses, never the reverse */
         if (ps->depth == MAX_DEPTH || Py_EnterRecursiveCall(" while decoding a JSON document")) {
             PyErr_Clear(); /* json.loads decides what is too deep */
             return bail(ps);
