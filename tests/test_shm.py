@@ -853,6 +853,49 @@ def test_engine_async_twins_call_a_subclass_hooks(engine):
     asyncio.run(go())
 
 
+def test_engine_asave_awaits_a_subclass_async_hooks(engine):
+    """Django's engines await _aget_session() and aget_expiry_age() in asave(), and so a
+    subclass's async-only versions of them; so does this one, in create and in update."""
+
+    class AsyncExpiry(engine.SessionStore):
+        __qualname__ = "SessionStore"
+
+        async def aget_expiry_age(self, **kwargs):
+            return 5
+
+    class AsyncData(engine.SessionStore):
+        __qualname__ = "SessionStore"
+
+        async def _aget_session(self, no_load=False):
+            data = await super()._aget_session(no_load)
+            data["stamped"] = True
+            return data
+
+    async def go():
+        handle = engine.store()
+        for new in (True, False):
+            s = AsyncExpiry()
+            if not new:
+                s.save()  # a key first, with the default age
+            await s.aset("a", 1)
+            await s.asave()  # no key: acreate() -> asave(must_create=True); else an update
+            now = time.time()
+            assert handle.contains(s.session_key, now)
+            assert not handle.contains(s.session_key, now + 10), "the subclass's 5 s were ignored"
+            plain = engine.SessionStore()
+            await plain.aset("a", 1)
+            await plain.asave()
+            assert handle.contains(plain.session_key, time.time() + 10)  # the default age
+        d = AsyncData()
+        await d.aset("a", 1)
+        await d.asave()
+        await d.aset("a", 2)
+        await d.asave()
+        assert engine.SessionStore(d.session_key).load() == {"a": 2, "stamped": True}
+
+    asyncio.run(go())
+
+
 def test_engine_own_code_runs_in_the_loop_and_a_subclass_in_a_thread(engine, monkeypatch):
     threaded = []
     real = engine.sync_to_async

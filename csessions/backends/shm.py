@@ -281,6 +281,8 @@ async def _run_sync(obj, names, *args):
 
 # What save() may call besides the store, where a subclass could put its own code.
 _SAVE_CALLS = ("save", "load", "_get_session", "get_expiry_age", "get_session_cookie_age")
+# What Django's engines await in asave() instead: a subclass may have async-only versions.
+_ASAVE_HOOKS = ("_aget_session", "aget_expiry_age", "aget", "aload")
 
 
 class SessionStore(CSessionMixin, SessionBase):
@@ -334,32 +336,37 @@ class SessionStore(CSessionMixin, SessionBase):
             return
         raise RuntimeError(CREATE_FAILED)
 
-    def save(self, must_create=False):
+    def save(self, must_create=False, _resolved=None):
         # SessionBase's steps with fewer Python calls (each is a few percent of a request):
         # _get_session's once the dict is loaded, pack_value's and the bytes for a packable
         # session below COMPRESS_ABOVE (put_packed), get_expiry_age's for no expiry or an
         # age in seconds (it builds timezone.now(), ~2 us, to compare with an expiry date).
         # A subclass that changes one of them (_cs_plain_session), or a patched
-        # get_expiry_age, gets the calls.
-        plain = self._cs_plain_session and type(self).get_expiry_age is _BASE_GET_EXPIRY_AGE
-        key = self._SessionBase__session_key if plain else self.session_key
-        if key is None:
-            return self.create()
-        try:  # the dict is normally loaded: no getattr call for it
-            data = self._session_cache if plain else None
-        except AttributeError:
-            data = None
-        if data is None:
-            data = self._get_session(no_load=must_create)
+        # get_expiry_age, gets the calls. _resolved: (dict, age) that asave() got from a
+        # subclass's async hooks.
+        if _resolved is None:
+            plain = self._cs_plain_session and type(self).get_expiry_age is _BASE_GET_EXPIRY_AGE
+            key = self._SessionBase__session_key if plain else self.session_key
+            if key is None:
+                return self.create()
+            try:  # the dict is normally loaded: no getattr call for it
+                data = self._session_cache if plain else None
+            except AttributeError:
+                data = None
+            if data is None:
+                data = self._get_session(no_load=must_create)
+            else:
+                self.accessed = True  # what _get_session does
+            age = data.get("_session_expiry")
+            if not plain or (age and type(age) is not int):
+                age = self.get_expiry_age()
+            elif not age:
+                age = self.get_session_cookie_age()
         else:
-            self.accessed = True  # what _get_session does
+            key = self.session_key
+            data, age = _resolved
         handle = _current if _current is not None else store()
         now = time.time()  # the store floors it (int() here would cost more than its get)
-        age = data.get("_session_expiry")
-        if not plain or (age and type(age) is not int):
-            age = self.get_expiry_age()
-        elif not age:
-            age = self.get_session_cookie_age()
         mode = _ADD if must_create else _REPLACE
         expires = now + age
         packed = None
@@ -416,7 +423,7 @@ class SessionStore(CSessionMixin, SessionBase):
 
     async def acreate(self):
         if _own(self, ("create", "exists", "_get_new_session_key", "asave", "aexists",
-                       "_aget_new_session_key") + _SAVE_CALLS):
+                       "_aget_new_session_key") + _SAVE_CALLS + _ASAVE_HOOKS):
             return self.create()
         for _ in range(CREATE_TRIES):
             self._session_key = await self._aget_new_session_key()
@@ -431,7 +438,14 @@ class SessionStore(CSessionMixin, SessionBase):
     async def asave(self, must_create=False):
         if self.session_key is None:  # as Django's engines: save() would call create()
             return await self.acreate()
-        return await _run_sync(self, _SAVE_CALLS, must_create)
+        if _own(self, _SAVE_CALLS + _ASAVE_HOOKS):
+            return self.save(must_create)  # all csessions' own: in the loop
+        if _own(self, _ASAVE_HOOKS) or not _own(self, ("save",)):
+            return await sync_to_async(self.save)(must_create)
+        # A subclass's async hooks: awaited as Django's engines await them in asave(), and
+        # what they give stored by save()
+        resolved = (await self._aget_session(no_load=must_create), await self.aget_expiry_age())
+        return await _run_sync(self, _SAVE_CALLS, must_create, resolved)
 
     async def adelete(self, session_key=None):
         return await _run_sync(self, ("delete",), session_key)
@@ -443,4 +457,4 @@ class SessionStore(CSessionMixin, SessionBase):
 
 _OWN = {name: _func(getattr(SessionStore, name)) for name in (
     "create", "exists", "delete", "clear_expired", "_get_new_session_key", "aexists", "asave",
-    "_aget_new_session_key") + _SAVE_CALLS}
+    "_aget_new_session_key") + _SAVE_CALLS + _ASAVE_HOOKS}
