@@ -855,7 +855,8 @@ def test_engine_async_twins_call_a_subclass_hooks(engine):
 
 def test_engine_asave_awaits_a_subclass_async_hooks(engine):
     """Django's engines await _aget_session() and aget_expiry_age() in asave(), and so a
-    subclass's async-only versions of them; so does this one, in create and in update."""
+    subclass's async-only versions of them; so does this one, in create and in update, each
+    in place of its sync twin unless the subclass has only the sync one."""
 
     class AsyncExpiry(engine.SessionStore):
         __qualname__ = "SessionStore"
@@ -892,6 +893,35 @@ def test_engine_asave_awaits_a_subclass_async_hooks(engine):
         await d.aset("a", 2)
         await d.asave()
         assert engine.SessionStore(d.session_key).load() == {"a": 2, "stamped": True}
+        # A sync twin without its async one still counts, whatever other async hook a
+        # subclass has (here one that changes nothing).
+        m = SyncExpiryAsyncLoad()
+        await m.aset("a", 1)
+        await m.asave()
+        now = time.time()
+        assert handle.contains(m.session_key, now) and not handle.contains(m.session_key, now + 90)
+        # A subclass's own save() is what asave() runs; then its async hooks are not asked.
+        o = OwnSave()
+        await o.aset("a", 1)
+        await o.asave()
+        assert o.saved and handle.contains(o.session_key, time.time() + 10)
+
+    class SyncExpiryAsyncLoad(engine.SessionStore):
+        __qualname__ = "SessionStore"
+
+        def get_expiry_age(self, **kwargs):
+            return 60
+
+        async def aload(self):
+            return await super().aload()
+
+    class OwnSave(AsyncExpiry):
+        __qualname__ = "SessionStore"
+        saved = False
+
+        def save(self, must_create=False):
+            self.saved = True
+            return super().save(must_create)
 
     asyncio.run(go())
 

@@ -31,8 +31,8 @@ takes about half the time of JSON) for every session that a JSON round trip woul
 unchanged, which is what JSONSerializer gives back, so nothing differs; otherwise (a tuple, a
 non-str key, a big int, ...), the JSON text (``{...}``). Above ``COMPRESS_ABOVE`` bytes either
 is compressed by the C core's quick deflate (``y`` + packed, ``z`` + JSON; a zlib stream, see
-``src/deflate_quick.h``: on the 93 KB reference session 6x faster than zlib's fastest level
-and inflated 2.5x faster, for 17.8 KB instead of 15.0 KB, the same 32 KiB block). With any other
+``src/deflate_quick.h``: on the 93 KB reference session 3.5x faster than zlib's fastest level
+and inflated ~2.5x faster, for 16.9 KB instead of 15.0 KB, the same 32 KiB block). With any other
 serializer: ``s`` + its output. Signing (HMAC-SHA256 under ``SECRET_KEY``, as the db and file engines do) was the
 first design and was dropped: it cost ~4 us of a ~17 us request and protected nothing.
 The segment is 0600 and refused unless it is the site user's own, so only processes of that
@@ -57,6 +57,7 @@ import hashlib
 import logging
 import os
 import time
+from types import MethodType
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -251,7 +252,7 @@ def _corrupted():
 
 def _func(attr):
     """The function behind a method as the class holds it (a classmethod's __func__)."""
-    return getattr(attr, "__func__", attr)
+    return attr.__func__ if type(attr) is MethodType else attr
 
 
 def _own(obj, names):
@@ -263,9 +264,14 @@ def _own(obj, names):
         cls = obj
     else:
         cls = type(obj)
-        if any(name in vars(obj) for name in names):
+        patched = obj.__dict__
+        for name in names:
+            if name in patched:
+                return False
+    for name in names:
+        if _func(getattr(cls, name)) is not _OWN[name]:
             return False
-    return all(_func(getattr(cls, name)) is _OWN[name] for name in names)
+    return True
 
 
 async def _run_sync(obj, names, *args):
@@ -283,6 +289,9 @@ async def _run_sync(obj, names, *args):
 _SAVE_CALLS = ("save", "load", "_get_session", "get_expiry_age", "get_session_cookie_age")
 # What Django's engines await in asave() instead: a subclass may have async-only versions.
 _ASAVE_HOOKS = ("_aget_session", "aget_expiry_age", "aget", "aload")
+_ASAVE_CALLS = _SAVE_CALLS + _ASAVE_HOOKS
+_ACREATE_CALLS = ("create", "exists", "_get_new_session_key", "asave", "aexists",
+                  "_aget_new_session_key") + _ASAVE_CALLS
 
 
 class SessionStore(CSessionMixin, SessionBase):
@@ -422,8 +431,7 @@ class SessionStore(CSessionMixin, SessionBase):
         return await _run_sync(self, ("exists",), session_key)
 
     async def acreate(self):
-        if _own(self, ("create", "exists", "_get_new_session_key", "asave", "aexists",
-                       "_aget_new_session_key") + _SAVE_CALLS + _ASAVE_HOOKS):
+        if _own(self, _ACREATE_CALLS):
             return self.create()
         for _ in range(CREATE_TRIES):
             self._session_key = await self._aget_new_session_key()
@@ -438,14 +446,23 @@ class SessionStore(CSessionMixin, SessionBase):
     async def asave(self, must_create=False):
         if self.session_key is None:  # as Django's engines: save() would call create()
             return await self.acreate()
-        if _own(self, _SAVE_CALLS + _ASAVE_HOOKS):
+        if _own(self, _ASAVE_CALLS):
             return self.save(must_create)  # all csessions' own: in the loop
         if _own(self, _ASAVE_HOOKS) or not _own(self, ("save",)):
             return await sync_to_async(self.save)(must_create)
         # A subclass's async hooks: awaited as Django's engines await them in asave(), and
         # what they give stored by save()
-        resolved = (await self._aget_session(no_load=must_create), await self.aget_expiry_age())
-        return await _run_sync(self, _SAVE_CALLS, must_create, resolved)
+        # Each piece from the most specific override: a sync twin the subclass has without
+        # its async one is still honoured (in a thread), as before.
+        if _own(self, ("_aget_session",)) and not _own(self, ("_get_session",)):
+            data = await sync_to_async(self._get_session)(no_load=must_create)
+        else:
+            data = await self._aget_session(no_load=must_create)
+        if _own(self, ("aget_expiry_age",)) and not _own(self, ("get_expiry_age",)):
+            age = await sync_to_async(self.get_expiry_age)()
+        else:
+            age = await self.aget_expiry_age()
+        return self.save(must_create, (data, age))
 
     async def adelete(self, session_key=None):
         return await _run_sync(self, ("delete",), session_key)
@@ -457,4 +474,4 @@ class SessionStore(CSessionMixin, SessionBase):
 
 _OWN = {name: _func(getattr(SessionStore, name)) for name in (
     "create", "exists", "delete", "clear_expired", "_get_new_session_key", "aexists", "asave",
-    "_aget_new_session_key") + _SAVE_CALLS + _ASAVE_HOOKS}
+    "_aget_new_session_key") + _ASAVE_CALLS}
