@@ -218,26 +218,6 @@ str_from_scratch(const Py_UCS4 *chars, Py_ssize_t n, Py_UCS4 seen)
     return str;
 }
 
-static inline int
-same_text(const char *a, const char *b, size_t len) /* len <= MEMO_MAX_LEN */
-{
-    size_t i = 0;
-    for (; i + 8 <= len; i += 8) {
-        uint64_t x, y;
-        memcpy(&x, a + i, 8);
-        memcpy(&y, b + i, 8);
-        if (x != y) {
-            return 0;
-        }
-    }
-    for (; i < len; i++) {
-        if (a[i] != b[i]) {
-            return 0;
-        }
-    }
-    return 1;
-}
-
 /* A string, ps->p just past its opening quote. One pass: runs of plain characters are
  * found 16 bytes at a time and widened into the scratch buffer, escapes decoded between
  * them; a string with no escape (most keys) is copied straight into an ASCII str. */
@@ -291,7 +271,7 @@ parse_string(parser *ps, memo *memo)
         m = &memo->slots[slot];
         used = &memo->used[slot / 64];
         bit = UINT64_C(1) << slot % 64;
-        if ((*used & bit) && m->len == len && same_text(m->text, start, len)) {
+        if ((*used & bit) && m->len == len && cs_same_short_bytes((const unsigned char *)m->text, (const unsigned char *)start, len)) {
             return Py_NewRef(m->str);
         }
     }

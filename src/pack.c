@@ -183,37 +183,10 @@ get_u32(reader *r, uint32_t *v)
  * once per process, and a key hashed once, not once per request. Two ways per set: with one,
  * two of a typical session's ~25 strs share a slot more often than not and evict each other
  * on every load. A hit needs no ASCII check: it equals a str that passed one. */
-/* Equality of n (1..64) bytes by overlapping word loads: libc's memcmp was 4% of a load +
- * save cycle here, for strs this short. */
-static inline int
-same_bytes(const unsigned char *a, const unsigned char *b, uint32_t n)
-{
-    if (n >= 8) {
-        uint64_t diff = 0, x, y;
-        for (uint32_t i = 0; i + 8 < n; i += 8) {
-            memcpy(&x, a + i, 8);
-            memcpy(&y, b + i, 8);
-            diff |= x ^ y;
-        }
-        memcpy(&x, a + n - 8, 8);
-        memcpy(&y, b + n - 8, 8);
-        return (diff | (x ^ y)) == 0;
-    }
-    if (n >= 4) {
-        uint32_t x0, y0, x1, y1;
-        memcpy(&x0, a, 4);
-        memcpy(&y0, b, 4);
-        memcpy(&x1, a + n - 4, 4);
-        memcpy(&y1, b + n - 4, 4);
-        return ((x0 ^ y0) | (x1 ^ y1)) == 0;
-    }
-    return a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1];
-}
-
 static inline int
 memo_equal(PyObject *k, const unsigned char *s, uint32_t n)
 {
-    return k != NULL && PyUnicode_GET_LENGTH(k) == n && same_bytes(PyUnicode_1BYTE_DATA(k), s, n);
+    return k != NULL && PyUnicode_GET_LENGTH(k) == n && cs_same_short_bytes(PyUnicode_1BYTE_DATA(k), s, n);
 }
 
 static PyObject *

@@ -68,11 +68,11 @@ int cs_double_from_decimal(uint64_t mantissa, int64_t exp10, int negative, const
     if (np::compute_float_64(exp10, mantissa, negative != 0, *out)) {
         return 0;
     }
-    // A zero mantissa never gets past compute_float_64 (its i == 0 case), which matters:
-    // parse_double's fallback skips leading zeros with no end check. The rare rounding
-    // Eisel-Lemire cannot decide. (parse_double also guesses for itself
-    // whether the digits fit 64 bits, and in 3.0.1 guesses wrong for 0.1 written out in
-    // full: the caller's count of significant digits is what keeps such text away.)
+    // Here only for the rare rounding Eisel-Lemire cannot decide. A zero mantissa never
+    // gets this far (compute_float_64's i == 0 case), which matters: parse_double's fallback
+    // skips leading zeros with no end check. parse_double also guesses for itself whether
+    // the digits fit 64 bits, and in 3.0.1 guesses wrong for 0.1 written out in full: the
+    // caller's count of significant digits is what keeps such text away.
     simdjson::simdjson_result<double> r = np::parse_double(
         reinterpret_cast<const uint8_t *>(s), reinterpret_cast<const uint8_t *>(end));
     return std::move(r).get(*out) == simdjson::SUCCESS ? 0 : -1;

@@ -450,10 +450,9 @@ class SessionStore(CSessionMixin, SessionBase):
             return self.save(must_create)  # all csessions' own: in the loop
         if _own(self, _ASAVE_HOOKS) or not _own(self, ("save",)):
             return await sync_to_async(self.save)(must_create)
-        # A subclass's async hooks: awaited as Django's engines await them in asave(), and
-        # what they give stored by save()
-        # Each piece from the most specific override: a sync twin the subclass has without
-        # its async one is still honoured (in a thread), as before.
+        # A subclass's async hooks, awaited as Django's engines await them in asave(), each
+        # piece from the most specific override (a sync twin the subclass has without its
+        # async one is still honoured, in a thread); save() stores what they give.
         if _own(self, ("_aget_session",)) and not _own(self, ("_get_session",)):
             data = await sync_to_async(self._get_session)(no_load=must_create)
         else:
