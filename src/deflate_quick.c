@@ -345,7 +345,7 @@ cs_deflate_quick(const cs_fixed_codes *c, cs_buf *out, const unsigned char *in, 
 
 /* Room the loop keeps ahead of the output pointer: a whole match plus the overrun of its
  * wide copy (at most 15 bytes). */
-#define ROOM (MAX_MATCH + 16)
+#define ROOM (MAX_MATCH + 17)
 
 int
 cs_inflate_quick(const cs_fixed_codes *c, cs_buf *out, const unsigned char *in, Py_ssize_t n)
@@ -375,14 +375,21 @@ cs_inflate_quick(const cs_fixed_codes *c, cs_buf *out, const unsigned char *in, 
             op = out->data + out->len;
             oend = out->data + out->cap - ROOM;
         }
-        REFILL(); /* >= 56 bits: enough for the longest match (31 bits) */
+        REFILL(); /* >= 56 bits: a literal (<= 9) and then the longest match (31) */
         uint32_t e = c->litlen_dec[bb & 511];
         unsigned sym = e >> 4 & 511;
         bb >>= e & 15;
         bc -= e & 15;
         if (sym < 256) {
             *op++ = (char)sym;
-            continue;
+            e = c->litlen_dec[bb & 511];
+            sym = e >> 4 & 511;
+            bb >>= e & 15;
+            bc -= e & 15;
+            if (sym < 256) {
+                *op++ = (char)sym;
+                continue;
+            }
         }
         if (sym == 256) {
             break;
