@@ -218,6 +218,47 @@ str_from_scratch(const Py_UCS4 *chars, Py_ssize_t n, Py_UCS4 seen)
     return str;
 }
 
+/* The closing quote of the string that starts at start, if it is within MEMO_MAX_LEN bytes
+ * (what the memo holds), else NULL; q: the first special byte, a backslash. A quote is
+ * escaped when an odd run of backslashes precedes it. */
+static inline const char *
+memo_window_quote(const char *start, const char *q, const char *end)
+{
+    const char *lim = end - start > MEMO_MAX_LEN ? start + MEMO_MAX_LEN + 1 : end;
+    const char *p = q;
+    while (p < lim) {
+#ifdef __SSE2__
+        if (end - p >= 16) {
+            int mask = _mm_movemask_epi8(
+                _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)p), _mm_set1_epi8('"')));
+            if (mask == 0) {
+                p += 16;
+                continue;
+            }
+            p += __builtin_ctz((unsigned)mask);
+        }
+        else
+#endif
+        {
+            while (p < lim && *p != '"') {
+                p++;
+            }
+        }
+        if (p >= lim) {
+            return NULL;
+        }
+        const char *b = p;
+        while (b > q && b[-1] == '\\') {
+            b--;
+        }
+        if (((p - b) & 1) == 0) {
+            return p;
+        }
+        p++;
+    }
+    return NULL;
+}
+
 /* A string, ps->p just past its opening quote. One pass: runs of plain characters are
  * found 16 bytes at a time and widened into the scratch buffer, escapes decoded between
  * them; a string with no escape (most keys) is copied straight into an ASCII str. */
@@ -226,6 +267,23 @@ parse_string(parser *ps, memo *memo)
 {
     const char *start = ps->p, *end = ps->end;
     const char *q = find_special(start, end);
+    /* The closing quote, when the text is short enough for the memo: looked up there before
+     * the escapes are decoded (repeated values are mostly escaped words). */
+    const char *close = q < end && *q == '"' ? q : q < end && *q == '\\' ? memo_window_quote(start, q, end) : NULL;
+    memo_entry *m = NULL;
+    uint64_t *used = NULL, bit = 0;
+    size_t len = 0;
+    if (close != NULL && close - start <= MEMO_MAX_LEN) {
+        len = (size_t)(close - start);
+        size_t slot = (size_t)(cs_short_hash((const unsigned char *)start, len) >> 32) % MEMO_SLOTS;
+        m = &memo->slots[slot];
+        used = &memo->used[slot / 64];
+        bit = UINT64_C(1) << slot % 64;
+        if ((*used & bit) && m->len == len && cs_same_short_bytes((const unsigned char *)m->text, (const unsigned char *)start, len)) {
+            ps->p = close + 1;
+            return Py_NewRef(m->str);
+        }
+    }
     Py_ssize_t n = 0;
     Py_UCS4 seen = 0;
     if (q < end && *q == '\\') {
@@ -262,20 +320,9 @@ parse_string(parser *ps, memo *memo)
     if (q == end || *q != '"') {
         return bail(ps); /* unterminated, a control character or a byte >= 0x80 */
     }
+    assert(m == NULL || q == close);
     ps->p = q + 1;
-    size_t len = (size_t)(q - start);
-    memo_entry *m = NULL;
-    uint64_t *used = NULL, bit = 0;
-    if (len <= MEMO_MAX_LEN) {
-        size_t slot = (size_t)(cs_short_hash((const unsigned char *)start, len) >> 32) % MEMO_SLOTS;
-        m = &memo->slots[slot];
-        used = &memo->used[slot / 64];
-        bit = UINT64_C(1) << slot % 64;
-        if ((*used & bit) && m->len == len && cs_same_short_bytes((const unsigned char *)m->text, (const unsigned char *)start, len)) {
-            return Py_NewRef(m->str);
-        }
-    }
-    PyObject *str = n > 0 ? str_from_scratch(ps->scratch, n, seen) : cs_new_ascii(start, len);
+    PyObject *str = n > 0 ? str_from_scratch(ps->scratch, n, seen) : cs_new_ascii(start, q - start);
     if (str != NULL && m != NULL) {
         if (*used & bit) {
             Py_SETREF(m->str, Py_NewRef(str));
