@@ -218,6 +218,11 @@ float_repr_fast(double d, char *buf)
     if (!(a >= 1e-4 && a < 1e6)) {
         return 0;
     }
+    /* A number with p <= 7 decimals also passes the test with 7, so most doubles (17
+     * digits) are told apart with one try instead of eight. */
+    if (nearbyint(a * pow10[7]) / pow10[7] != a) {
+        return 0;
+    }
     for (int p = 0; p < 8; p++) {
         double m = nearbyint(a * pow10[p]);
         if (m / pow10[p] != a) {
