@@ -512,6 +512,24 @@ reject(PyObject *obj)
 static int
 encode_obj(encoder *e, PyObject *obj)
 {
+    /* The exact built-in types first: each matches one test only, so the order below, which
+     * decides for subclasses, is kept; and no PyType_IsSubtype() call for a dict or a list. */
+    PyTypeObject *type = Py_TYPE(obj);
+    if (type == &PyUnicode_Type) {
+        return encode_str(e->out, obj);
+    }
+    if (type == &PyDict_Type) {
+        return encode_dict(e, obj);
+    }
+    if (type == &PyList_Type) {
+        return encode_list(e, obj);
+    }
+    if (type == &PyFloat_Type) {
+        return encode_float(e->out, obj);
+    }
+    if (type == &PyLong_Type) {
+        return encode_int(e->out, obj);
+    }
     if (obj == Py_None) {
         return cs_buf_append(e->out, "null", 4);
     }
