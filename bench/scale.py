@@ -30,7 +30,9 @@ database and segment lives in a temporary place removed at the end, also on erro
    of one payload; every (engine, payload) pair of a store interleaved in one common.measure()
    (shuffled rounds, median of per-call time, median of per-round ratios Django/csessions).
 3. shm: flatness of the lookup (median at the largest N / median at 1e3, for the raw
-   ``ShmStore.get`` and for ``SessionStore.load``, against the 1.2x bar) and memory per session
+   ``ShmStore.get`` and for ``SessionStore.load``, against the 1.2x bar), beside its floor (one
+   dependent read at a random place in as much memory as the sessions take, memory_chase, timed
+   in the same interleaved rounds: what any store pays at least to read a session), and memory per session
    beyond the payload from ``stats()``: the fixed part (entry header + the key's index slot) and
    the actual one (bytes_used + index, minus the value bytes: key, header, buddy rounding).
 
