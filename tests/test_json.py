@@ -474,6 +474,29 @@ def test_loads_repeated_short_strings(strict_equal):
     assert got == doc
 
 
+def test_loads_memo_lookup_before_decoding(strict_equal):
+    """A short string is looked up in the memo before its escapes are decoded, which needs its
+    closing quote first: an escaped quote (an odd run of backslashes before it) is not one.
+    Strings whose escaped text ends just inside or just past the memo's 48 bytes, with escaped
+    quotes and backslash runs at that edge, repeated as keys and values and as each other's
+    prefixes, decode as json.loads decodes them."""
+    tails = ['"', "\\", '\\"', '\\\\"', '"\\', "\u00e9", "\n", "\u043f\u0440", '"x"']
+    words = []
+    for size in range(36, 54):
+        for tail in tails:
+            escaped = "a" * max(0, size - len(json.dumps(tail)) + 2) + json.dumps(tail)[1:-1]
+            words.append(json.loads('"' + escaped + '"'))
+    words += [w[: len(w) // 2] for w in words]  # prefixes that share the escaped text's start
+    rng = random.Random(7)
+    items = words * 3
+    rng.shuffle(items)
+    doc = [{w: w, "v": [w, w + "!", w]} for w in items]
+    data = json.dumps(doc).encode()
+    got = _core.json_loads(data)
+    strict_equal(got, oracle_loads(data))
+    assert got == doc
+
+
 # The widest character decides a str's storage (Latin-1, UCS-2, UCS-4) and a str stored
 # wider than it needs compares unequal to the canonical one: the edges of each width.
 KIND_EDGES = [0x7F, 0x80, 0xFF, 0x100, 0x7FF, 0x800, 0xFFFF, 0x10000, 0x10FFFF]
